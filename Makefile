@@ -10,6 +10,7 @@ install: $(STAMP)
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps $$(sed -n 's/^nodeps_requirements *= *//p' settings.ini)
 	touch $(STAMP)
 
 demo: install
@@ -36,4 +37,5 @@ lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs
 
 bench: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,153 @@
+"Trainer: exact resume after SIGKILL, data-parallel runs under torchrun, checkpoints that refuse bad files."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+from safetensors.torch import load_file
+from mimbench.models import CheckpointError, create_mae, create_vit, load_model, save_model
+from mimbench.train import TrainConfig, train, run_dir, read_metrics
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+
+def _cli(*args):
+    return [str(BIN / 'mimbench'), *map(str, args)]
+
+PRETRAIN = ('pretrain', '--n-train', 1024, '--batch-size', 64, '--epochs', 3, '--ckpt-every', 5, '--lr', 1e-3,
+            '--augment', 'mae', '--no-progress')
+
+def _weights(d):
+    return load_file(str(Path(d) / 'model.safetensors'))
+
+def _strip_time(recs):
+    return [{k: v for k, v in r.items() if k != 'time'} for r in recs]
+
+def test_exact_resume_after_sigkill(tmp_path):
+    "A run killed with SIGKILL mid-epoch and restarted with the same command ends with bit-identical weights."
+    ref, cut = tmp_path / 'ref', tmp_path / 'cut'
+    subprocess.run(_cli(*PRETRAIN, '--out', ref), check=True, env=ENV, capture_output=True)
+    proc = subprocess.Popen(_cli(*PRETRAIN, '--out', cut), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(cut.glob('*/checkpoint.safetensors')) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    (run,) = list(cut.iterdir())
+    assert not (run / 'result.json').exists(), 'the run finished before it could be killed; make it longer'
+    subprocess.run(_cli(*PRETRAIN, '--out', cut), check=True, env=ENV, capture_output=True)
+    a, b = _weights(next(ref.iterdir())), _weights(run)
+    assert a.keys() == b.keys()
+    for k in a: assert torch.equal(a[k], b[k]), k
+    assert _strip_time(read_metrics(next(ref.iterdir()))) == _strip_time(read_metrics(run))
+    assert not list(run.glob('.*.tmp')), 'stale temporary files left in the run directory'
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    "Resuming does not start over: the first logged step after a restart follows the checkpoint."
+    cfg = TrainConfig(n_train=256, batch_size=64, epochs=2, lr=1e-3, out=str(tmp_path), progress=False, log_every=1)
+    d = run_dir(cfg)
+    full = train(cfg)
+    (d / 'result.json').unlink(); (d / 'model.safetensors').unlink()
+    # pretend the run died after epoch 1: rewind the checkpoint to the end of epoch 1
+    cfg1 = TrainConfig(**{**cfg.__dict__, 'epochs': 1, 'out': str(tmp_path / 'one')})
+    train(cfg1)
+    import shutil
+    shutil.copy(run_dir(cfg1) / 'checkpoint.safetensors', d / 'checkpoint.safetensors')
+    again = train(cfg)
+    assert again.result['steps'] == 8
+    steps = [r['step'] for r in read_metrics(d) if not r.get('epoch_end')]
+    assert steps == list(range(1, 9)), steps   # truncated and re-logged, not duplicated
+
+def test_ddp_two_processes_matches_single_process(tmp_path):
+    "torchrun with 2 gloo processes gives the same weights as one process with the same global batch."
+    args = ('finetune', '--n-train', 512, '--batch-size', 64, '--epochs', 1, '--augment', 'none', '--n-eval', 200,
+            '--lr', 1e-3, '--no-progress')
+    subprocess.run(_cli(*args, '--out', tmp_path / 'one'), check=True, env=ENV, capture_output=True)
+    r = subprocess.run([str(BIN / 'torchrun'), '--nproc_per_node', '2', '--master_port', str(29500 + os.getpid() % 1000),
+                        str(BIN / 'mimbench'), *map(str, args), '--out', str(tmp_path / 'two')],
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = next((tmp_path / 'one').iterdir()), next((tmp_path / 'two').iterdir())
+    assert one.name == two.name                 # same config, same run identity
+    a, b = _weights(one), _weights(two)
+    # The key bias of attention has an exactly-zero true gradient (softmax ignores a per-row constant), so Adam
+    # amplifies rounding noise there into lr-sized steps; every other tensor must agree to float tolerance.
+    for k in a:
+        if not k.endswith('attn.qkv.bias'): torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=2e-4, msg=k)
+    from mimbench.data import get_dataset
+    x, _ = get_dataset('fashion-mnist', 'test', channels=1).get_batch(torch.arange(200))
+    m1, m2 = load_model(one / 'model.safetensors')[0], load_model(two / 'model.safetensors')[0]
+    with torch.no_grad(): torch.testing.assert_close(m1(x), m2(x), rtol=1e-3, atol=1e-3)
+    ra, rb = json.loads((one / 'result.json').read_text()), json.loads((two / 'result.json').read_text())
+    assert abs(ra['test_acc'] - rb['test_acc']) <= 0.02
+    assert len([r for r in read_metrics(two) if r.get('epoch_end')]) == 1   # rank 0 alone writes
+
+def test_cli_pretrain_then_finetune(tmp_path):
+    r = subprocess.run(_cli('pretrain', '--dataset', 'fashion-mnist', '--preset', 'micro', '--epochs', 1, '--n-train', 512,
+                            '--no-progress', '--out', tmp_path), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    pre = next(tmp_path.iterdir())
+    assert (pre / 'model.safetensors').exists() and 'run directory' in r.stdout
+    r = subprocess.run(_cli('finetune', '--init', pre, '--epochs', 1, '--n-train', 512, '--n-eval', 200, '--no-progress',
+                            '--out', tmp_path), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert 'test_acc' in r.stdout
+    r = subprocess.run(_cli('info', '--out', tmp_path), env=ENV, capture_output=True, text=True)
+    assert 'fashion-mnist' in r.stdout and pre.name in r.stdout
+
+def test_cli_help_and_unknown_command():
+    r = subprocess.run(_cli('--help'), capture_output=True, text=True)
+    assert r.returncode == 0 and 'pretrain' in r.stdout and 'demo' in r.stdout
+    r = subprocess.run(_cli('pretrian'), capture_output=True, text=True)
+    assert r.returncode == 2 and "Did you mean 'pretrain'" in r.stderr
+    r = subprocess.run(_cli('pretrain', '--help'), capture_output=True, text=True)
+    assert r.returncode == 0 and '--mask_ratio' in r.stdout
+
+# --- bad input: each a clear message, nothing half-written ---
+
+def test_unknown_recipe_and_preset_messages(tmp_path):
+    with pytest.raises(KeyError, match="Did you mean 'mae'"):
+        train(TrainConfig(recipe='mea', out=str(tmp_path), progress=False))
+    with pytest.raises(KeyError, match='Unknown model preset'):
+        train(TrainConfig(preset='huge', out=str(tmp_path), progress=False))
+    with pytest.raises(ValueError, match='does not divide'):
+        train(TrainConfig(patch_size=5, out=str(tmp_path), progress=False))
+    assert not any((tmp_path).glob('*/checkpoint.safetensors'))
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    cfg = TrainConfig(n_train=128, batch_size=64, epochs=1, out=str(tmp_path), progress=False)
+    run = train(cfg)
+    (run.dir / 'result.json').unlink()
+    ck = run.dir / 'checkpoint.safetensors'
+    ck.write_bytes(ck.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match='corrupt or truncated'):
+        train(cfg)
+
+def test_checkpoint_of_other_architecture_is_refused(tmp_path):
+    cfg = TrainConfig(n_train=128, batch_size=64, epochs=1, out=str(tmp_path), progress=False)
+    d = run_dir(cfg); d.mkdir(parents=True)
+    from mimbench.train import save_checkpoint
+    other = create_mae('micro', in_chans=3)
+    save_checkpoint(d / 'checkpoint.safetensors', other, torch.optim.AdamW(other.parameters()), 1, cfg)
+    with pytest.raises(CheckpointError, match='different model'):
+        train(cfg)
+
+def test_foreign_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+    p = tmp_path / 'foreign.safetensors'
+    save_file({'w': torch.zeros(2)}, str(p))
+    with pytest.raises(CheckpointError, match='not written by mimbench'):
+        load_model(p)
+    with pytest.raises(FileNotFoundError, match='No checkpoint'):
+        load_model(tmp_path / 'missing.safetensors')
+
+def test_finetune_init_from_unfinished_run(tmp_path):
+    d = tmp_path / 'unfinished'; d.mkdir()
+    with pytest.raises(FileNotFoundError, match='is the pretraining run finished'):
+        train(TrainConfig(task='finetune', recipe='ce', init=str(d), out=str(tmp_path), progress=False))
+
+def test_bad_images_for_models():
+    vit = create_vit('micro', in_chans=3)
+    from mimbench.core import ImageError
+    with pytest.raises(ImageError, match='divide by 255'): vit(torch.rand(2, 3, 32, 32) * 255)
+    with pytest.raises(ImageError, match='channel'): vit(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ImageError, match='32×32'): vit(torch.rand(2, 3, 28, 28))
+    with pytest.raises(ImageError, match='N×C×H×W'): vit(torch.rand(3, 32, 32))
