@@ -27,8 +27,8 @@ check-export:
 export: install
 	$(BIN)/nbdev_export
 
-nbtest:
-	$(BIN)/nbdev_test --n_workers 2 --timing
+nbtest:  # one BLAS thread per worker: two workers x default threads oversubscribe 2 cores badly
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest:
 	$(BIN)/python -m pytest -q tests
