@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.mimbench-installed
 
-.PHONY: install demo test lab export check-export nbtest pytest bench clean-runs
+.PHONY: install demo test lab export check-export nbtest pytest browser-deps bench clean-runs
 
 install: $(STAMP)
 $(STAMP): settings.ini setup.py
@@ -16,7 +16,10 @@ $(STAMP): settings.ini setup.py
 demo: install
 	$(BIN)/mimbench demo
 
-test: install check-export nbtest pytest
+test: install browser-deps check-export nbtest pytest
+
+browser-deps:  # Debian chromium + playwright for tests/test_browser.py (skips cleanly where they cannot be installed)
+	bash tests/browser_deps.sh
 
 check-export:
 	@tmp=$$(mktemp -d) && cp -r nbs mimbench settings.ini setup.py $$tmp/ && \
@@ -34,7 +37,7 @@ pytest:
 	$(BIN)/python -m pytest -q tests
 
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=nbs
+	$(BIN)/jupyter lab --notebook-dir=nbs $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: install
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"

@@ -1,0 +1,61 @@
+"""AdPE training-step cost relative to its base (MAE+ with the same position embedding) in one run.
+
+    python bench/adpe.py [--preset micro] [--batch 128] [--steps 10] [--img 32] [--patch 4] [--crops 4] [--amp]
+
+Every model: the same encoder/decoder sizes, MAE+ crops (4 half-size crops, all tokens through the encoder), mask 75 %,
+AdamW, one process. The parallel-mode AdPE adds one leaf copy of the adversary and a projected ascent step in the same
+backward, so it should cost almost nothing: target ≤ 1.15× for the embedding variants. Timings interleave the models
+(rounds of a few steps each, median over rounds) so that a shared or throttling machine affects all of them alike.
+Also reports plain MAE vs MAE+ (APE) for reference. Prints ms/step and the ratio AdPE / base.
+"""
+import argparse, statistics, time
+import torch
+from mimbench.adpe import AdPEPretext
+from mimbench.mim import PRETEXTS
+
+CASES = [('mae', 'mae', {}), ('mae-plus (ape)', 'mae-plus', {}), ('adpe-ape-emb', 'adpe-ape-emb', {}),
+         ('adpe-ape-coord', 'adpe-ape-coord', {}), ('mae-plus (rpe)', 'mae-plus', {'pe': 'rpe'}),
+         ('adpe-rpe-emb', 'adpe-rpe-emb', {}), ('adpe-rpe-coord', 'adpe-rpe-coord', {})]
+BASE = {'adpe-ape-emb': 'mae-plus (ape)', 'adpe-ape-coord': 'mae-plus (ape)', 'adpe-rpe-emb': 'mae-plus (rpe)',
+        'adpe-rpe-coord': 'mae-plus (rpe)', 'mae-plus (ape)': 'mae'}
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--preset', default='micro'); ap.add_argument('--batch', type=int, default=128)
+    ap.add_argument('--steps', type=int, default=10); ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--img', type=int, default=32); ap.add_argument('--patch', type=int, default=4)
+    ap.add_argument('--crops', type=int, default=4); ap.add_argument('--chans', type=int, default=1)
+    ap.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA), as the trainer does')
+    ap.add_argument('--device', default=None)
+    a = ap.parse_args()
+    dev = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    torch.manual_seed(0)
+    x = torch.rand(a.batch, a.chans, a.img, a.img, device=dev)
+    runs = {}
+    for name, recipe, kw in CASES:
+        if issubclass(PRETEXTS[recipe], AdPEPretext): kw = {'crops': a.crops, **kw}
+        p = PRETEXTS[recipe](**kw)
+        m = p.create_model(a.preset, a.img, a.patch, a.chans).to(dev).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        def step(p=p, m=m, opt=opt):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.amp and dev.type == 'cuda'):
+                loss = p.loss(m, x)['loss']
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        for _ in range(3): step()                                 # warm-up
+        runs[name] = (step, [])
+    for _ in range(a.rounds):
+        for name, (step, times) in runs.items():
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(a.steps): step()
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) / a.steps * 1e3)
+    ms = {k: statistics.median(v[1]) for k, v in runs.items()}
+    print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"preset {a.preset}, batch {a.batch}, img {a.img}, patch {a.patch}, crops {a.crops}, amp {a.amp}, "
+          f"{a.rounds}×{a.steps} steps")
+    for k, v in ms.items():
+        ratio = f"  ×{v / ms[BASE[k]]:.3f} vs {BASE[k]}" if k in BASE else ''
+        print(f"  {k:<16} {v:8.2f} ms/step{ratio}")
+
+if __name__ == '__main__': main()
