@@ -6,13 +6,15 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from mimbench.attacks import (ATTACKS, perturb, run_attack, lp_norm, predict, fgsm, pgd, mifgsm, apgd_ce, autoattack,
                               classifier_loss, huang_l2_eps, pixel_mask)
 from mimbench.models import create_vit
+import mimbench.adversarial   # registers the adaptive attacks (pgd-mi, pgd-fea): the properties cover every registered attack
 
 FAST = {'bim': dict(steps=3), 'pgd': dict(steps=3), 'mifgsm': dict(steps=3), 'cw': dict(steps=3), 'apgd-ce': dict(steps=4),
         'apgd-dlr': dict(steps=4), 'apgd-t': dict(steps=3, n_target_classes=2), 'apgd-t-ce': dict(steps=3, n_target_classes=2),
         'square': dict(n_queries=15), 'fab-t': dict(steps=3, n_target_classes=2), 'pgd-l2': dict(steps=3),
         'autoattack': dict(overrides={'apgd-ce': dict(steps=3), 'apgd-t': dict(steps=2, n_target_classes=2),
                                       'fab-t': dict(steps=2, n_target_classes=2), 'square': dict(n_queries=10)}),
-        'autoattack-rand': dict(eot=2, overrides={'apgd-ce': dict(steps=2), 'apgd-dlr': dict(steps=2)})}
+        'autoattack-rand': dict(eot=2, overrides={'apgd-ce': dict(steps=2), 'apgd-dlr': dict(steps=2)}),
+        'pgd-mi': dict(steps=3), 'pgd-fea': dict(steps=3)}
 NAMES = sorted(ATTACKS)
 _models = {}
 
