@@ -133,20 +133,21 @@ def test_bilinear_taps_interpolate_the_relaxed_index():
 def test_bilinear_lookup_matches_grid_sample():
     "The 4-tap lookup equals torch's bilinear grid_sample (align_corners=True) on the table, at perturbed coordinates."
     import torch.nn.functional as F
-    from mimbench.adpe import tap_sum, grid_offsets
+    from mimbench.adpe import rpe_logits, grid_offsets
     torch.manual_seed(0)
     K = math.ceil(RPE_BETA); S = 2 * K + 1; C, g = 3, 5
     table = torch.randn(C, S, S, dtype=torch.float64)
     delta = torch.tensor([1.3, -0.45], dtype=torch.float64)
     idx, w = rpe_taps(g, delta, cls_token=False)
     N = g * g
-    scores = table.flatten(1)[None, :, None, :].expand(1, C, N, S * S)
-    ours = tap_sum(scores, (idx, w.double()))[0]                                  # C×N×N
+    basis = torch.eye(C, dtype=torch.float64)[None, :, None, :].expand(1, C, N, C)   # query e_c reads channel c of r_ij
     dr, dc = grid_offsets(g)
     u, v = relaxed_index(dr.double() + delta[0]) + K, relaxed_index(dc.double() + delta[1]) + K
     grid = torch.stack([v / (S - 1) * 2 - 1, u / (S - 1) * 2 - 1], -1)[None]        # x = column, y = row
     ref = F.grid_sample(table[None], grid, mode='bilinear', align_corners=True)[0]
-    torch.testing.assert_close(ours, ref)
+    for lookup_first in (True, False):                                              # both evaluation orders
+        ours = rpe_logits(basis, table.flatten(1), (idx, w.double()), lookup_first)[0]   # C×N×N
+        torch.testing.assert_close(ours, ref)
 
 def test_rpe_coordinate_gradient_is_finite_and_nonzero():
     torch.manual_seed(0)
