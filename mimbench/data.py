@@ -163,7 +163,7 @@ def imagefolder(split='train', root=None, img_size=32, channels=3):
     files = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).rglob('*')) if p.suffix.lower() in IMAGE_EXTS]
     if not files: raise FileNotFoundError(f"imagefolder root {root} has no images in class sub-folders (<class>/<image>{IMAGE_EXTS[0]}).")
     from PIL import Image
-    imgs = [to_uint8_images(torch.from_numpy(np.asarray(Image.open(p).convert('RGB'))).permute(2, 0, 1)[None].contiguous(),
+    imgs = [to_uint8_images(torch.from_numpy(np.array(Image.open(p).convert('RGB'))).permute(2, 0, 1)[None].contiguous(),
                             img_size, channels) for p, _ in files]
     return ImageDataset(torch.cat(imgs), torch.tensor([i for _, i in files]), classes, f'imagefolder:{root}')
 
