@@ -22,7 +22,7 @@ __all__ = ['ADV_UPDATES', 'RPE_ALPHA', 'RPE_BETA', 'RPE_GAMMA', 'ADV_MODES', 'EP
            'rpe_logits', 'RPEContext', 'RPEAttention', 'RPEBlock', 'rpe_blocks', 'AdPEMAE', 'create_adpe_mae',
            'create_rpe_vit', 'vit_from_adpe', 'random_crops', 'AdPEPretext', 'MAEPlusPretext', 'AdPEAPEEmb',
            'AdPEAPECoord', 'AdPERPEEmb', 'AdPERPECoord', 'FGSMMAEPlusPretext', 'encoder_features', 'linear_probe',
-           'export_classifier', 'cli_adpe_export', 'compare_pretraining', 'comparison_table']
+           'compare_pretraining', 'comparison_table']
 
 # %% ../nbs/15_adpe.ipynb #7e8fc8bf
 ADV_UPDATES = ('sgd', 'sign', 'adamw')
@@ -330,9 +330,9 @@ class AdPEMAE(MAE):
         loss = self.loss_per_sample(imgs if target is None else target, pred, mask)
         return (loss if per_sample else loss.mean()), pred, mask
 
-    def to_classifier(self, num_classes=10, global_pool='token', drop_path_rate=0.):
+    def to_classifier(self, num_classes=10, global_pool=None, drop_path_rate=0.):
         "A classifier starting from this encoder (see `vit_from_adpe`)."
-        return vit_from_adpe(self, num_classes, global_pool, drop_path_rate)
+        return vit_from_adpe(self, num_classes, global_pool or 'token', drop_path_rate)
 
     # --- adversary read-out ---
     def adversaries(self) -> list:
@@ -535,24 +535,6 @@ def linear_probe(train_feats, train_y, test_feats, test_y, weight_decay:float=1e
     with torch.enable_grad(): opt.step(closure)
     with torch.no_grad(): return (lin(b).argmax(1) == test_y).float().mean().item()
 
-# %% ../nbs/15_adpe.ipynb #c3dd4d15
-def export_classifier(run, path=None, num_classes:int=10, global_pool:str='token'):
-    "Write the encoder of an AdPE/MAE+ run (directory or checkpoint) as a classifier checkpoint; returns its path."
-    from pathlib import Path
-    p = Path(run)
-    ckpt = p / 'model.safetensors' if p.is_dir() else p
-    model, meta = _models.load_model(ckpt)
-    if model.config.get('kind') != 'adpe-mae': raise ValueError(f"{ckpt} holds a {type(model).__name__}, not an AdPE/MAE+ model.")
-    path = Path(path) if path else ckpt.parent / f'classifier-{global_pool}.safetensors'
-    return _models.save_model(path, vit_from_adpe(model, num_classes, global_pool), source=str(ckpt))
-
-def cli_adpe_export(run:str,                  # AdPE/MAE+ pretraining run directory or checkpoint
-                    out:str=None,             # output checkpoint (default: <run>/classifier-<pool>.safetensors)
-                    num_classes:int=10,       # classes of the new head
-                    global_pool:str='token'): # 'token' or 'avg'
-    "Export an AdPE/MAE+ encoder as a classifier checkpoint for `mimbench finetune --init`."
-    print(export_classifier(run, out, num_classes, global_pool))
-
 # %% ../nbs/15_adpe.ipynb #7c294140
 COMPARISON = {'MAE': ('mae', {}), 'MAE+ (APE)': ('mae-plus', {}), 'MAE+ (RPE)': ('mae-plus', {'pe': 'rpe'}),
               'AdPE APE-emb': ('adpe-ape-emb', {}), 'AdPE APE-coord': ('adpe-ape-coord', {}),
@@ -570,7 +552,6 @@ def compare_pretraining(recipes:dict|None=None, scale:str='tiny', out='runs', da
     "Pretrain each recipe, then fine-tune, linear-probe and measure attention distance; one dict per recipe."
     from mimbench.train import TrainConfig, train
     from mimbench.data import get_dataset, subset, load_batch
-    from mimbench.models import vit_from_mae
     from mimbench.attention import attention_maps, mean_attention_distance
     import time
     s = {**SCALES[scale], **overrides}
@@ -586,8 +567,7 @@ def compare_pretraining(recipes:dict|None=None, scale:str='tiny', out='runs', da
         pre = train(TrainConfig(task='pretrain', recipe=recipe, recipe_args=dict(args), epochs=s['pretrain_epochs'],
                                 lr=pretrain_lr, warmup_epochs=min(1., s['pretrain_epochs'] / 4), augment='flip', **common))
         model = pre.load_model()
-        adpe = model.config.get('kind') == 'adpe-mae'        # by kind: nbdev_test may redefine the class in-process
-        vit = vit_from_adpe(model) if adpe else vit_from_mae(model)
+        vit = model.to_classifier()                        # MAE, MAE+ and AdPE models each know their classifier
         dev = torch.device(device) if device else next(iter(vit.parameters())).device
         if device: vit.to(dev)
         ftr, ytr = encoder_features(vit, probe_ds)
@@ -596,8 +576,7 @@ def compare_pretraining(recipes:dict|None=None, scale:str='tiny', out='runs', da
         x, _ = load_batch(test, torch.arange(n_attention))
         vit.eval()
         mad = mean_attention_distance(attention_maps(vit, x.to(dev))).mean(1)     # blocks (mean over heads), patches
-        init = str(export_classifier(pre.dir)) if adpe else str(pre.dir)
-        ft = train(TrainConfig(task='finetune', recipe='ce', init=init, epochs=s['finetune_epochs'], lr=finetune_lr,
+        ft = train(TrainConfig(task='finetune', recipe='ce', init=str(pre.dir), epochs=s['finetune_epochs'], lr=finetune_lr,
                                warmup_epochs=min(.5, s['finetune_epochs'] / 4), layer_decay=.75, augment='flip',
                                eval_split='test', n_eval=s['n_eval'], **common))
         recs = [r for r in pre.metrics if 'loss' in r]

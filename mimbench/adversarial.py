@@ -220,7 +220,7 @@ ATTACKS['pgd-fea'] = AttackSpec(pgd_fea)
 
 # %% ../nbs/10_adversarial.ipynb #6d03b267
 @call_parse
-def cli_export_encoder(run:str,                # pretraining run directory or checkpoint (MAE, RotNet, BYOL)
+def cli_export_encoder(run:str,                # pretraining run directory or checkpoint (MAE, AdPE/MAE+, RotNet, BYOL)
                        out:str=None,           # output .safetensors (default: RUN/encoder.safetensors)
                        num_classes:int=10,     # classes of the fresh head
                        global_pool:str=None):  # 'token' or 'avg' (default: the encoder's own)

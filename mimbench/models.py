@@ -275,6 +275,10 @@ class MAE(nn.Module):
             pred = pred * (t.var(-1, keepdim=True) + 1e-6) ** .5 + t.mean(-1, keepdim=True)
         return self.unpatchify(pred).clamp(0, 1)
 
+    def to_classifier(self, num_classes=10, global_pool=None, drop_path_rate=0.):
+        "A ViT classifier (fresh head) starting from this encoder: what fine-tuning from this model uses (`vit_from_mae`)."
+        return vit_from_mae(self, num_classes, global_pool or 'token', drop_path_rate)
+
 def per_sample_masked_mean(loss, mask):
     "Mean of N×L `loss` over the masked tokens per sample (over all tokens where a sample has none masked)."
     w = torch.where(mask.sum(1, keepdim=True) > 0, mask, torch.ones_like(mask))
@@ -322,8 +326,7 @@ def vit_from_mae(mae:MAE, num_classes=10, global_pool='token', drop_path_rate=0.
 def vit_with_new_head(vit:ViT, num_classes:int=10, global_pool:str|None=None, drop_path_rate:float=0.) -> ViT:
     "A classifier with `vit`'s weights and a fresh `num_classes`-way head (`global_pool` default: `vit`'s own)."
     pool = global_pool or vit.global_pool
-    c = {k: v for k, v in vit.config.items() if k not in ('kind', 'num_classes', 'global_pool', 'drop_path_rate')}
-    new = create_vit(**c, num_classes=num_classes, global_pool=pool, drop_path_rate=drop_path_rate)
+    new = build_model(dict(vit.config, num_classes=num_classes, global_pool=pool, drop_path_rate=drop_path_rate))   # any ViT kind
     own = new.state_dict()
     state = {k: v for k, v in vit.state_dict().items() if k in own and not k.startswith('head.') and own[k].shape == v.shape}
     missing, _ = new.load_state_dict(state, strict=False)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from .core import check_images
 from .data import random_resized_crop, random_hflip
-from .models import (MODEL_BUILDERS, MAE, ViT, create_vit, vit_with_new_head, create_mae, vit_from_mae, random_masking, per_sample_masked_mean,
+from .models import (MODEL_BUILDERS, MAE, ViT, create_vit, vit_with_new_head, create_mae, random_masking, per_sample_masked_mean,
                              load_model, read_checkpoint, load_weights, save_model, CheckpointError)
 from .mim import PRETEXTS, Pretext, MAEPretext, unwrap, unchecked_inputs
 
@@ -137,9 +137,9 @@ class BYOLNet(nn.Module):
         self.target_encoder, self.target_projector = copy.deepcopy(self.encoder), copy.deepcopy(self.projector)
         for p in self.target_parameters(): p.requires_grad_(False)
 
-    def to_classifier(self, num_classes=10, global_pool='token', drop_path_rate=0.):
+    def to_classifier(self, num_classes=10, global_pool=None, drop_path_rate=0.):
         "A ViT classifier (fresh head) from the online encoder: what `mimbench finetune --init <byol run>` uses."
-        return classifier_from(self, num_classes, global_pool, drop_path_rate)
+        return vit_with_new_head(self.encoder, num_classes, global_pool, drop_path_rate)
 
     def target_parameters(self):
         return list(self.target_encoder.parameters()) + list(self.target_projector.parameters())
@@ -225,7 +225,7 @@ def _ckpt(path):
     return p
 
 def load_pretrained(path):
-    "Any mimbench pretraining result (run directory or checkpoint): MAE, ViT (RotNet) or BYOL net, in eval mode."
+    "Any mimbench pretraining result (run directory or checkpoint): MAE, AdPE/MAE+, ViT (RotNet) or BYOL net, in eval mode."
     p = _ckpt(path)
     state, meta = read_checkpoint(p)
     config = meta.get('config') or {}
@@ -243,9 +243,9 @@ def encoder_of(model) -> ViT:
     raise TypeError(f"Cannot find a ViT encoder in a {type(model).__name__}.")
 
 def classifier_from(model, num_classes:int=10, global_pool:str|None=None, drop_path_rate:float=0.) -> ViT:
-    "A ViT classifier with a fresh head whose encoder weights come from a pretrained model."
+    "A ViT classifier (fresh head) from any pretrained model: its own `to_classifier` (MAE, AdPE, BYOL), else a new head."
     model = unwrap(model)
-    if isinstance(model, MAE): return vit_from_mae(model, num_classes, global_pool or 'token', drop_path_rate)
+    if hasattr(model, 'to_classifier'): return model.to_classifier(num_classes, global_pool, drop_path_rate)
     return vit_with_new_head(encoder_of(model), num_classes, global_pool, drop_path_rate)
 
 MODEL_BUILDERS['byol'] = create_byol     # `load_model` / `--init` rebuild BYOL checkpoints in a fresh process

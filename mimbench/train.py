@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from .core import Registry, atomic_write, config_dict, config_hash, get_device, seed_everything, write_json
 from .data import get_dataset, load_batch, subset, AUGMENTATIONS
-from .models import (CheckpointError, build_model, load_model, load_weights, save_model, vit_from_mae, create_vit,
+from .models import (CheckpointError, build_model, load_model, load_weights, save_model, create_vit,
                              vit_with_new_head)
 from .mim import PRETEXTS, unwrap
 
@@ -221,9 +221,7 @@ def build_run(cfg:TrainConfig):
         objective = FINETUNE_OBJECTIVES[cfg.recipe](**cfg.recipe_args)
         if cfg.init:
             init = load_init(cfg.init)
-            if getattr(init, 'config', {}).get('kind') == 'mae':
-                model = vit_from_mae(init, cfg.num_classes, cfg.global_pool, cfg.drop_path)
-            elif hasattr(init, 'to_classifier'):   # pretraining models of later modules (AdPE, BYOL) know their classifier
+            if hasattr(init, 'to_classifier'):     # a pretraining model (MAE, AdPE, BYOL) knows its classifier
                 model = init.to_classifier(cfg.num_classes, cfg.global_pool, cfg.drop_path)
             elif getattr(init, 'num_classes', cfg.num_classes) != cfg.num_classes:   # e.g. RotNet's 4-way head
                 model = vit_with_new_head(init, cfg.num_classes, drop_path_rate=cfg.drop_path)

@@ -5,7 +5,7 @@ import pytest, torch
 from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 from mimbench.adpe import (Adversary, AdPEMAE, create_adpe_mae, project_ball, relaxed_index, piecewise_index, rpe_taps,
-                           random_crops, vit_from_adpe, export_classifier, RPE_ALPHA, RPE_BETA, RPE_GAMMA, EPS_GRID)
+                           random_crops, vit_from_adpe, RPE_ALPHA, RPE_BETA, RPE_GAMMA, EPS_GRID)
 from mimbench.mim import PRETEXTS
 from mimbench.models import create_mae, load_model
 from mimbench.train import TrainConfig, train, run_dir
@@ -236,18 +236,20 @@ def test_resume_restores_adversary_exactly(tmp_path, recipe, monkeypatch):
     assert isinstance(m, AdPEMAE) and m.config['adversary']['lr'] == 5.
 
 def test_cli_pretrain_export_finetune(tmp_path):
-    "`mimbench pretrain --recipe adpe-rpe-coord`, `mimbench adpe-export`, `mimbench finetune --init` chain."
+    "`mimbench pretrain --recipe adpe-rpe-coord`, `mimbench export-encoder`, `mimbench finetune --init` (file and run) chain."
     cli = lambda *a: subprocess.run([str(BIN / 'mimbench'), *map(str, a)], env=ENV, capture_output=True, text=True)
     r = cli('pretrain', '--recipe', 'adpe-rpe-coord', '--n-train', 256, '--batch-size', 64, '--epochs', 1,
             '--args', '{"eps": 10}', '--no-progress', '--out', tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     pre = next(tmp_path.iterdir())
     assert 'adv_norm' in (pre / 'metrics.jsonl').read_text()
-    r = cli('adpe-export', pre)
+    r = cli('export-encoder', pre, '--out', tmp_path / 'enc.safetensors')
     assert r.returncode == 0, r.stderr[-2000:]
-    ck = Path(r.stdout.strip().splitlines()[-1])
-    assert ck.exists() and load_model(ck)[1]['config']['kind'] == 'rpe-vit'
-    r = cli('finetune', '--init', ck, '--epochs', 1, '--n-train', 256, '--batch-size', 64, '--n-eval', 200,
-            '--no-progress', '--out', tmp_path / 'ft')
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert 'test_acc' in r.stdout
+    ck = tmp_path / 'enc.safetensors'
+    clf, meta = load_model(ck)
+    assert meta['config']['kind'] == 'rpe-vit' and type(clf.blocks[0]).__name__ == 'RPEBlock'
+    for init in (ck, pre):                             # the exported file, and the pretraining run itself
+        r = cli('finetune', '--init', init, '--epochs', 1, '--n-train', 256, '--batch-size', 64, '--n-eval', 200,
+                '--no-progress', '--out', tmp_path / 'ft')
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert 'test_acc' in r.stdout
