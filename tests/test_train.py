@@ -1,5 +1,5 @@
 "Trainer: exact resume after SIGKILL, data-parallel runs under torchrun, checkpoints that refuse bad files."
-import json, os, signal, subprocess, sys, time
+import json, os, signal, socket, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
@@ -56,12 +56,17 @@ def test_resume_continues_from_checkpoint(tmp_path):
     steps = [r['step'] for r in read_metrics(d) if not r.get('epoch_end')]
     assert steps == list(range(1, 9)), steps   # truncated and re-logged, not duplicated
 
+def _free_port() -> int:
+    "A TCP port nothing listens on now (a fixed or pid-derived port can collide with another run on the machine)."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
 def test_ddp_two_processes_matches_single_process(tmp_path):
     "torchrun with 2 gloo processes gives the same weights as one process with the same global batch."
     args = ('finetune', '--n-train', 512, '--batch-size', 64, '--epochs', 1, '--augment', 'none', '--n-eval', 200,
             '--lr', 1e-3, '--no-progress')
     subprocess.run(_cli(*args, '--out', tmp_path / 'one'), check=True, env=ENV, capture_output=True)
-    r = subprocess.run([str(BIN / 'torchrun'), '--nproc_per_node', '2', '--master_port', str(29500 + os.getpid() % 1000),
+    r = subprocess.run([str(BIN / 'torchrun'), '--nproc_per_node', '2', '--master_port', str(_free_port()),
                         str(BIN / 'mimbench'), *map(str, args), '--out', str(tmp_path / 'two')],
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
