@@ -4,15 +4,15 @@
 
 # %% ../nbs/20_cli.ipynb #de69851e
 from __future__ import annotations
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 from fastcore.script import call_parse, anno_parser, store_true
 from .core import parse_eps
 from .train import TrainConfig, train, run_dir, read_metrics, accuracy, plot_curves
 
 # %% auto #0
-__all__ = ['COMMANDS', 'CLI_MODULES', 'pretrain', 'finetune', 'info_text', 'info', 'demo_configs', 'run_demo', 'demo', 'usage',
-           'dashes_to_underscores', 'main', 'run_command']
+__all__ = ['COMMANDS', 'CLI_MODULES', 'USER_ERRORS', 'pretrain', 'finetune', 'info_text', 'info', 'demo_configs', 'run_demo',
+           'demo', 'usage', 'dashes_to_underscores', 'main', 'run_command']
 
 # %% ../nbs/20_cli.ipynb #b76e53a7
 def _json_arg(s, what):
@@ -222,8 +222,17 @@ def main(argv=None):
         close = difflib.get_close_matches(cmd, list(commands), n=1)
         print(f"mimbench: unknown command {cmd!r}." + (f" Did you mean {close[0]!r}?" if close else ''), file=sys.stderr)
         print(usage(commands), file=sys.stderr); return 2
-    run_command(commands[cmd], [dashes_to_underscores(a) for a in argv], prog=f'mimbench {cmd}')
+    try: run_command(commands[cmd], [dashes_to_underscores(a) for a in argv], prog=f'mimbench {cmd}')
+    except USER_ERRORS as e:
+        if os.environ.get('MIMBENCH_DEBUG'): raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e     # KeyError's str() would add quotes
+        print(f"mimbench {cmd}: error: {msg}\n(set MIMBENCH_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 1
     return 0
+
+# What bad input raises (a missing file, a wrong checkpoint, an unknown name or option): the message is the answer, the
+# traceback is noise. Anything else (a bug) keeps its traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError)
 
 def run_command(func, argv:list, prog:str):
     "Parse `argv` with the command's own annotated signature and call it."

@@ -16,7 +16,7 @@ from fastcore.script import call_parse, store_true
 from .core import check_images, check_norm, parse_eps, format_eps, seed_everything, write_json, atomic_write
 from .data import (get_dataset, load_batch, ImageDataset, CORRUPTIONS, SEVERITIES, CorruptedDataset, check_severity,
                            corrupt_dataset, corruption_cache, corruption_names, dataset_fingerprint)
-from .models import load_model
+from .models import load_model, CLASSIFIER_KINDS
 from .attacks import ATTACKS, AttackSpec, attack_context, check_labels, is_randomized, lp_norm, pgd
 
 # %% auto #0
@@ -395,7 +395,7 @@ def _load(path_or_model):
     if p.is_dir():
         if not (p / 'model.safetensors').exists(): raise FileNotFoundError(f"{p} has no model.safetensors: is the run finished?")
         p = p / 'model.safetensors'
-    model, meta = load_model(p, expect_kind='vit')
+    model, meta = load_model(p, expect_kind=CLASSIFIER_KINDS)
     return model, meta.get('train_config') or {}
 
 def _checkpoint_data(path_or_model, dataset, split, data_root, device):

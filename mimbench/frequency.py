@@ -437,12 +437,12 @@ def ttfp_markdown(res:dict) -> str:
 # %% ../nbs/12_frequency.ipynb #f7610105
 def _load_classifier(path):
     "(classifier, its training config or {}) from a run directory or a checkpoint."
-    from mimbench.models import load_model
+    from mimbench.models import load_model, CLASSIFIER_KINDS
     p = Path(path)
     if p.is_dir():
         if not (p / 'model.safetensors').exists(): raise FileNotFoundError(f"{p} has no model.safetensors: is the run finished?")
         p = p / 'model.safetensors'
-    model, meta = load_model(p, expect_kind='vit')
+    model, meta = load_model(p, expect_kind=CLASSIFIER_KINDS)
     return model, (meta.get('train_config') or {}), p
 
 def _band(s:str) -> tuple:

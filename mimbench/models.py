@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from .core import Registry, check_images, default_normalize, atomic_write
 
 # %% auto #0
-__all__ = ['PRESETS', 'MODEL_BUILDERS', 'MODEL_KIND_MODULES', 'ViTSize', 'check_patch_size', 'patchify', 'unpatchify',
-           'random_masking', 'sincos_pos_embed', 'grid_coords', 'sincos_table', 'ViT', 'record_attention',
+__all__ = ['PRESETS', 'MODEL_BUILDERS', 'MODEL_KIND_MODULES', 'CLASSIFIER_KINDS', 'ViTSize', 'check_patch_size', 'patchify',
+           'unpatchify', 'random_masking', 'sincos_pos_embed', 'grid_coords', 'sincos_table', 'ViT', 'record_attention',
            'init_weights', 'timm_state_dict', 'to_timm', 'MAE', 'per_sample_masked_mean', 'create_mae', 'create_vit',
            'vit_from_mae', 'vit_with_new_head', 'build_model', 'CheckpointError', 'save_model', 'read_checkpoint',
            'load_weights', 'load_model']
@@ -338,6 +338,7 @@ MODEL_BUILDERS = Registry('model kind')        # checkpoint `kind` → function 
 MODEL_BUILDERS.update({'mae': create_mae, 'vit': create_vit})
 # Kinds defined by later modules: imported on first use so a fresh process can load any mimbench checkpoint.
 MODEL_KIND_MODULES = {'adpe-mae': 'mimbench.adpe', 'rpe-vit': 'mimbench.adpe', 'byol': 'mimbench.pretexts'}
+CLASSIFIER_KINDS = ('vit', 'rpe-vit')           # kinds that map images to logits: what `eval`, `ttfp` and attacks accept
 
 def build_model(config:dict):
     "Rebuild a model from its `config` (as stored in checkpoints)."
@@ -388,12 +389,14 @@ def load_weights(model, state:dict, source='checkpoint'):
     model.load_state_dict(state)
     return model
 
-def load_model(path, expect_kind=None):
+def load_model(path, expect_kind:str|tuple|None=None):
     "Rebuild the model stored in a mimbench checkpoint and load its weights; returns `(model, metadata)`."
     state, meta = read_checkpoint(path)
     config = meta.get('config')
     if not config: raise CheckpointError(f"{path} has no model config in its header.")
-    if expect_kind and config.get('kind') != expect_kind:
-        raise CheckpointError(f"{path} holds a {config.get('kind')!r} model, but a {expect_kind!r} model is needed here.")
+    kinds = (expect_kind,) if isinstance(expect_kind, str) else expect_kind
+    if kinds and config.get('kind') not in kinds:
+        raise CheckpointError(f"{path} holds a {config.get('kind')!r} model, but a {' or '.join(map(repr, kinds))} model is "
+                              f"needed here{' (a classifier: fine-tune the pretraining run first)' if 'vit' in kinds else ''}.")
     state = {k[len('model.'):]: v for k, v in state.items() if k.startswith('model.')} or state
     return load_weights(build_model(config), state, f"checkpoint {path}").eval(), meta

@@ -253,3 +253,8 @@ def test_cli_pretrain_export_finetune(tmp_path):
                 '--no-progress', '--out', tmp_path / 'ft')
         assert r.returncode == 0, r.stderr[-2000:]
         assert 'test_acc' in r.stdout
+    ft = next((tmp_path / 'ft').iterdir())             # an RPE classifier is a classifier for `mimbench eval` too
+    r = cli('eval', ft, '--attacks', 'pgd', '--eps', '2/255', '--n', 20)
+    assert r.returncode == 0 and 'worst case' in r.stdout, r.stderr[-2000:]
+    r = cli('eval', pre)                               # a pretraining run is not: one clear line, no traceback
+    assert r.returncode == 1 and 'fine-tune the pretraining run first' in r.stderr and 'Traceback' not in r.stderr
