@@ -75,7 +75,8 @@ def parse_eps(eps, norm:str='linf') -> float:
         s = eps.strip()
         if not re.fullmatch(r'[0-9.eE+-]+(/[0-9.eE+-]+)?', s): raise ValueError(f"Cannot parse ε {eps!r}; write it like '8/255' or 0.03.")
         num, _, den = s.partition('/')
-        eps = float(num) / float(den) if den else float(num)
+        try: eps = float(num) / float(den) if den else float(num)
+        except (ValueError, ZeroDivisionError): raise ValueError(f"Cannot parse ε {eps!r}; write it like '8/255' or 0.03.") from None
     eps = float(eps)
     if not np.isfinite(eps) or eps < 0: raise ValueError(f"ε must be a finite number ≥ 0, got {eps}.")
     if norm == 'linf' and eps > 1:
