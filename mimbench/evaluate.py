@@ -165,6 +165,7 @@ def _resolve(attacks):
 
 def _data(data, n):
     "A function `batch(i, j)` and the number of samples for a Dataset or an `(x, y)` pair."
+    if n is not None and n < 0: raise ValueError(f"n must be a number of samples ≥ 1 (0 or None: all of them), got {n}.")
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
         check_images(x); y = check_labels(y, x)
@@ -182,6 +183,7 @@ def robust_accuracy(model, data, attacks=DEFAULT_ATTACKS, eps='8/255', norm:str=
     eps_list = [parse_eps(e, norm) for e in (eps if isinstance(eps, (list, tuple)) else str(eps).split(',') if isinstance(eps, str) else [eps])]
     specs = _resolve(attacks)
     attack_kwargs = attack_kwargs or {}
+    if batch_size < 1: raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
     batch, n, data_name = _data(data, n)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     passes = default_passes(model, passes)

@@ -87,6 +87,9 @@ def test_bad_inputs(quick_model, fmnist_test):
     with pytest.raises(ValueError, match='Unknown norm'): robust_accuracy(quick_model, (x, y), norm='l1')
     with pytest.raises(ValueError, match=r'shape \(10,\)'): robust_accuracy(quick_model, (x, y[:, None].repeat(1, 2)))
     with pytest.raises(ValueError, match='divide by 255'): robust_accuracy(quick_model, (x * 255, y))
+    with pytest.raises(ValueError, match='n must be'): robust_accuracy(quick_model, (x, y), n=-5)
+    with pytest.raises(ValueError, match='batch_size must be'): robust_accuracy(quick_model, (x, y), batch_size=0)
+    with pytest.raises(ValueError, match='Cannot parse'): robust_accuracy(quick_model, (x, y), eps='3/0')
     quick_model.train()
     try:
         with pytest.warns(UserWarning, match='train mode'):
@@ -105,3 +108,5 @@ def test_evaluate_checkpoint_and_cli(quick_model, tmp_path):
     assert '**worst case**' in p.stdout
     rep = json.loads((ckpt.parent / 'robust_accuracy.json').read_text())
     assert rep['n'] == 40 and rep['attacks'] == ['fgsm', 'pgd']
+    p = subprocess.run([str(BIN / 'mimbench'), 'eval', str(tmp_path / 'missing')], capture_output=True, text=True)
+    assert p.returncode == 1 and 'mimbench eval: error: No checkpoint' in p.stderr and 'Traceback' not in p.stderr
