@@ -13,7 +13,7 @@ from fastcore.script import call_parse, store_true
 from tqdm.auto import tqdm
 from .core import atomic_write, config_dict, config_hash, format_eps, write_json
 from .data import (CORRUPTIONS, SEVERITIES, Corruption, CorruptedDataset, corrupt, corrupt_dataset, corruption_cache,
-                           corruption_names, dataset_fingerprint, get_dataset, load_batch)
+                           corruption_names, dataset_fingerprint, get_dataset, load_batch, check_severity)
 from .train import TrainConfig, train, run_dir, NOT_HASHED
 from .evaluate import ShiftReport, shift_accuracy, robust_accuracy
 from .defenses import psnr
@@ -46,6 +46,8 @@ def plot_suite(x:torch.Tensor, corruptions='all', severities=(0,) + SEVERITIES, 
 def build_suite(ds, corruptions='all', severities=SEVERITIES, seed:int=0, cache=None, progress:bool=True) -> dict:
     "Compute (or find in the cache) every shifted copy of `ds`; returns {corruption: seconds} and the cache folder."
     names = corruption_names(load_batch(ds, torch.arange(1))[0].shape[1]) if corruptions == 'all' else list(corruptions)
+    for c in names: CORRUPTIONS[c]                                  # unknown names and severities fail before any work
+    severities = [check_severity(s) for s in severities]
     fp, secs = dataset_fingerprint(ds), {}
     bar = tqdm(total=len(names) * len(severities), disable=not progress, desc='corrupting', dynamic_ncols=True)
     for c in names:

@@ -56,6 +56,12 @@ def test_unknown_names_list_the_known_ones(colour, fmnist_test, quick_model):
     with pytest.raises(ValueError, match='0–5'): corrupt(colour, 'contrast', 7)
     with pytest.raises(ValueError, match='3-channel'): corrupt(colour[:, :1], 'saturate')
 
+def test_build_suite_checks_everything_before_any_work(tmp_path, fmnist_test):
+    ds = subset(fmnist_test, 8)
+    with pytest.raises(KeyError, match='Unknown corruption'): build_suite(ds, ['contrast', 'nope'], cache=tmp_path, progress=False)
+    with pytest.raises(ValueError, match='0–5'): build_suite(ds, ['contrast'], [1, 7], cache=tmp_path, progress=False)
+    assert not any(tmp_path.rglob('*.*'))                      # nothing half-built: the valid 'contrast' set was not started
+
 def test_cache_keyed_atomic_and_equal_to_lazy(tmp_path, fmnist_test):
     ds = subset(fmnist_test, 64)
     a = corrupt_dataset(ds, 'shot_noise', 3, seed=1, cache=tmp_path)
