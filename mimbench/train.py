@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #f96a2437
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, time
+import contextlib, dataclasses, json, math, numbers, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -66,6 +66,25 @@ class TrainConfig:
     log_every: int = 20
     progress: bool = True
     device: str|None = None
+
+    def __post_init__(self):
+        "Refuse settings that cannot train, with the setting's name, before any data or model is built."
+        if self.task not in ('pretrain', 'finetune'): raise ValueError(f"task must be 'pretrain' or 'finetune', got {self.task!r}.")
+        for name, low in (('epochs', 1), ('batch_size', 1), ('img_size', 1), ('patch_size', 1), ('num_classes', 1),
+                          ('log_every', 1), ('ckpt_every', 0), ('n_train', 0), ('n_eval', 0)):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low):
+                raise ValueError(f"{name} must be an integer ≥ {low}, got {v!r}.")
+        for name in ('warmup_epochs', 'weight_decay', 'min_lr', 'blr'):
+            if getattr(self, name) < 0: raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}.")
+        if self.lr is not None and self.lr < 0: raise ValueError(f"lr must be ≥ 0, got {self.lr!r}.")
+        if not 0 <= self.drop_path < 1: raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}.")
+        if self.device and str(self.device).startswith('cuda'):
+            try: index = torch.device(self.device).index or 0
+            except RuntimeError: raise ValueError(f"Cannot read device {self.device!r}; write cpu, cuda or cuda:1.") from None
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"device {self.device!r} asked for, but {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+                                 f"use --device cpu or leave it out.")
 
 NOT_HASHED = ('out', 'ckpt_every', 'log_every', 'progress', 'device')
 

@@ -108,6 +108,14 @@ def test_cli_help_and_unknown_command():
 
 # --- bad input: each a clear message, nothing half-written ---
 
+@pytest.mark.parametrize('flag, value, says', [('--epochs', 0, 'epochs must be an integer ≥ 1'),
+                                               ('--batch-size', 0, 'batch_size must be'), ('--img-size', 0, 'img_size must be'),
+                                               ('--device', 'cuda:99', 'CUDA GPU(s) are visible')])
+def test_cli_bad_settings_one_line_and_no_run(tmp_path, flag, value, says):
+    r = subprocess.run(_cli('pretrain', flag, value, '--out', tmp_path), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 1 and says in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert not any(tmp_path.iterdir())                 # refused before a run directory was made
+
 def test_unknown_recipe_and_preset_messages(tmp_path):
     with pytest.raises(KeyError, match="Did you mean 'mae'"):
         train(TrainConfig(recipe='mea', out=str(tmp_path), progress=False))
