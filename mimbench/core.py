@@ -95,8 +95,14 @@ def seed_everything(seed:int=0):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
 def get_device(device=None) -> torch.device:
-    "`device` if given, else CUDA when available, else MPS, else CPU."
-    if device is not None: return torch.device(device)
+    "`device` if given (checked: a CUDA device must exist), else CUDA when available, else MPS, else CPU."
+    if device is not None:
+        try: d = torch.device(device)
+        except RuntimeError: raise ValueError(f"Cannot read device {device!r}; write cpu, cuda or cuda:1.") from None
+        if d.type == 'cuda' and (d.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+                             f"use --device cpu or leave it out.")
+        return d
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from fastcore.script import call_parse, store_true
-from .core import check_images, check_norm, parse_eps, format_eps, seed_everything, write_json, atomic_write
+from .core import check_images, check_norm, parse_eps, format_eps, seed_everything, write_json, atomic_write, get_device
 from .data import (get_dataset, load_batch, ImageDataset, CORRUPTIONS, SEVERITIES, CorruptedDataset, check_severity,
                            corrupt_dataset, corruption_cache, corruption_names, dataset_fingerprint)
 from .models import load_model, CLASSIFIER_KINDS
@@ -185,7 +185,7 @@ def robust_accuracy(model, data, attacks=DEFAULT_ATTACKS, eps='8/255', norm:str=
     attack_kwargs = attack_kwargs or {}
     if batch_size < 1: raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
     batch, n, data_name = _data(data, n)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = get_device(device) if device is not None else next(model.parameters()).device
     passes = default_passes(model, passes)
     was_training = model.training
     if was_training:
@@ -353,7 +353,7 @@ def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|
     skipped = [c for c in names if CORRUPTIONS[c].colour_only and channels != 3]
     names = [c for c in names if c not in skipped]
     sevs = [check_severity(s) for s in _parse_list(severities, int)]
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = get_device(device) if device is not None else next(model.parameters()).device
     passes = default_passes(model, passes)
     was_training = model.training; model.eval()
     fp = dataset_fingerprint(ds) if cacheable and cache is not False and names else None

@@ -79,12 +79,7 @@ class TrainConfig:
             if getattr(self, name) < 0: raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}.")
         if self.lr is not None and self.lr < 0: raise ValueError(f"lr must be ≥ 0, got {self.lr!r}.")
         if not 0 <= self.drop_path < 1: raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}.")
-        if self.device and str(self.device).startswith('cuda'):
-            try: index = torch.device(self.device).index or 0
-            except RuntimeError: raise ValueError(f"Cannot read device {self.device!r}; write cpu, cuda or cuda:1.") from None
-            if index >= torch.cuda.device_count():
-                raise ValueError(f"device {self.device!r} asked for, but {torch.cuda.device_count()} CUDA GPU(s) are visible; "
-                                 f"use --device cpu or leave it out.")
+        if self.device: get_device(self.device)              # a CUDA device that does not exist fails here, not mid-run
 
 NOT_HASHED = ('out', 'ckpt_every', 'log_every', 'progress', 'device')
 
