@@ -128,7 +128,8 @@ def layer_decay_sweep(cfg:TrainConfig, decays=(0.65, 0.75, 0.85, 0.95), label:st
                       n_attack:int=200, cache=None, progress:bool=True) -> LayerDecaySweep:
     "Fine-tune `cfg` once per layer decay and evaluate each model on clean, corrupted (and attacked) test images."
     if cfg.task != 'finetune': raise ValueError(f"layer_decay_sweep fine-tunes: pass a TrainConfig with task='finetune', got {cfg.task!r}.")
-    decays = [float(d) for d in (decays.split(',') if isinstance(decays, str) else decays)]
+    try: decays = [float(d) for d in (decays.split(',') if isinstance(decays, str) else decays)]
+    except ValueError: raise ValueError(f"decays must be numbers in (0, 1], comma-separated, got {decays!r}.") from None
     for d in decays:
         if not 0 < d <= 1: raise ValueError(f"A layer decay must lie in (0, 1], got {d}.")
     test = get_dataset(cfg.dataset, 'test', root=cfg.data_root, img_size=cfg.img_size, channels=cfg.channels)

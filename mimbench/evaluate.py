@@ -20,9 +20,9 @@ from .models import load_model, CLASSIFIER_KINDS
 from .attacks import ATTACKS, AttackSpec, attack_context, check_labels, is_randomized, lp_norm, pgd
 
 # %% auto #0
-__all__ = ['DEFAULT_ATTACKS', 'quick_classifier', 'default_passes', 'correct_every_pass', 'JSONReport', 'RobustReport',
-           'input_gradient_health', 'sanity_warnings', 'robust_accuracy', 'ShiftReport', 'shift_accuracy',
-           'evaluate_checkpoint', 'shift_checkpoint', 'cli_eval']
+__all__ = ['DEFAULT_ATTACKS', 'quick_classifier', 'default_passes', 'check_passes', 'correct_every_pass', 'JSONReport',
+           'RobustReport', 'input_gradient_health', 'sanity_warnings', 'robust_accuracy', 'ShiftReport',
+           'shift_accuracy', 'evaluate_checkpoint', 'shift_checkpoint', 'cli_eval']
 
 # %% ../nbs/06_evaluate.ipynb #a0ef49e7
 def quick_classifier(n_train:int=8000, epochs:int=2, patch_size:int=8, out=None, seed:int=0, progress=False):
@@ -36,11 +36,19 @@ def quick_classifier(n_train:int=8000, epochs:int=2, patch_size:int=8, out=None,
 # %% ../nbs/06_evaluate.ipynb #4773e334
 def default_passes(model, passes=None) -> int:
     "`passes` if given, else 5 for randomized models and 1 for deterministic ones."
-    return int(passes) if passes is not None else (5 if is_randomized(model) else 1)
+    if passes is None: return 5 if is_randomized(model) else 1
+    return check_passes(passes)
+
+def check_passes(passes) -> int:
+    "`passes` as an int ≥ 1: with 0 passes every image would count as correct."
+    if isinstance(passes, bool) or int(passes) != passes or passes < 1:
+        raise ValueError(f"passes must be an integer ≥ 1 (an image counts as correct only if every pass gets it right), got {passes!r}.")
+    return int(passes)
 
 @torch.no_grad()
 def correct_every_pass(model, x, y, passes:int=1):
     "Bool (N,): `model` classifies each image correctly in all `passes` forward passes."
+    passes = check_passes(passes)
     ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
     for _ in range(passes): ok &= model(x).argmax(1) == y
     return ok

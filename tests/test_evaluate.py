@@ -90,6 +90,7 @@ def test_bad_inputs(quick_model, fmnist_test):
     with pytest.raises(ValueError, match='n must be'): robust_accuracy(quick_model, (x, y), n=-5)
     with pytest.raises(ValueError, match='batch_size must be'): robust_accuracy(quick_model, (x, y), batch_size=0)
     with pytest.raises(ValueError, match='Cannot parse'): robust_accuracy(quick_model, (x, y), eps='3/0')
+    with pytest.raises(ValueError, match='passes must be'): robust_accuracy(quick_model, (x, y), passes=0)   # not 100 %
     quick_model.train()
     try:
         with pytest.warns(UserWarning, match='train mode'):
