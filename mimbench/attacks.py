@@ -203,6 +203,8 @@ def perturb(loss_fn:Callable, x:torch.Tensor, eps, norm:str='linf', steps:int=10
     info = PerturbInfo()
     if steps == 0 or eps == 0:
         return (x.clone(), info) if return_info else x.clone()
+    if alpha is not None and not alpha > 0:                 # 0 would leave x_adv at the random start, < 0 descends
+        raise ValueError(f"The step size alpha must be > 0, got {alpha!r}.")
     m = pixel_mask(mask, x) if mask is not None else None
     if m is not None and m.shape[0] == 1 and len(x) > 1: m = m.expand(len(x), *m.shape[1:])
     if alpha is None and step_rule == 'pgd': alpha = 2.5 * eps / steps if random_start else eps / steps

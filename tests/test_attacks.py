@@ -116,6 +116,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r'shape \(2,\)'): pgd(model, x, y[:1], 0.1)
     with pytest.raises(ValueError, match='one-hot'): pgd(model, x, torch.eye(10)[y], 0.1)
     with pytest.raises(ValueError, match='255'): pgd(model, x * 255, y, 0.1)
+    with pytest.raises(ValueError, match='alpha must be > 0'): pgd(model, x, y, 0.1, alpha=-0.01)   # would descend the loss
     model.train()
     with pytest.warns(UserWarning, match='train mode'): pgd(model, x, y, 0.1, steps=1)
     assert model.training
