@@ -98,7 +98,8 @@ class RobustReport(JSONReport):
         for a in self.attacks: lines.append(f"| {a} | " + ' | '.join(f"{100 * self.accuracy[c][a]:.2f}" for c in cols) + ' |')
         lines.append('| **worst case** | ' + ' | '.join(f"**{100 * self.worst_case[c]:.2f}**" for c in cols) + ' |')
         if self.warnings: lines += ['', '**Sanity checks failed — these numbers may overstate robustness:**'] + [f"- {w}" for w in self.warnings]
-        else: lines += ['', 'Sanity checks passed: ' + ', '.join(self.checks.get('ran', []))]
+        elif self.checks.get('ran'): lines += ['', 'Sanity checks passed: ' + ', '.join(self.checks['ran'])]
+        else: lines += ['', 'Sanity checks were not run (`sanity=False`): nothing here rules out gradient masking.']
         return '\n'.join(lines)
 
     def plot(self, path=None, ax=None):
@@ -189,6 +190,7 @@ def robust_accuracy(model, data, attacks=DEFAULT_ATTACKS, eps='8/255', norm:str=
     "Clean, per-attack and per-sample worst-case robust accuracy of `model` on the first `n` samples of `data`."
     norm = check_norm(norm)
     eps_list = [parse_eps(e, norm) for e in (eps if isinstance(eps, (list, tuple)) else str(eps).split(',') if isinstance(eps, str) else [eps])]
+    if not eps_list: raise ValueError("No ε given; pass e.g. eps='8/255' or eps='4/255,8/255'.")
     specs = _resolve(attacks)
     attack_kwargs = attack_kwargs or {}
     if batch_size < 1: raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")

@@ -91,6 +91,9 @@ def test_bad_inputs(quick_model, fmnist_test):
     with pytest.raises(ValueError, match='batch_size must be'): robust_accuracy(quick_model, (x, y), batch_size=0)
     with pytest.raises(ValueError, match='Cannot parse'): robust_accuracy(quick_model, (x, y), eps='3/0')
     with pytest.raises(ValueError, match='passes must be'): robust_accuracy(quick_model, (x, y), passes=0)   # not 100 %
+    with pytest.raises(ValueError, match='No ε given'): robust_accuracy(quick_model, (x, y), eps=[])
+    unchecked = robust_accuracy(quick_model, (x, y), attacks=['fgsm'], eps='1/255', progress=False, sanity=False)
+    assert 'not run' in unchecked.to_markdown() and 'passed' not in unchecked.to_markdown()
     quick_model.train()
     try:
         with pytest.warns(UserWarning, match='train mode'):
