@@ -42,7 +42,14 @@ class De3(nn.Module):
     def __init__(self, denoiser:MAE, classifier:nn.Module, sigma:float=70., bpda:bool=False):
         super().__init__()
         self.denoiser, self.classifier = check_denoiser(denoiser), classifier
-        self.sigma, self.bpda = float(sigma), bpda
+        self.sigma, self.bpda = sigma, bpda
+    @property
+    def sigma(self) -> float: return self._sigma
+    @sigma.setter
+    def sigma(self, value):                # checked: a negative σ would read as "not randomized" and skip EOT
+        value = float(value)
+        if not 0 <= value < float('inf'): raise ValueError(f"σ must be a finite number ≥ 0 (0–255 pixel units), got {value}.")
+        self._sigma = value
     @property
     def is_randomized(self): return self.sigma > 0
 

@@ -48,6 +48,8 @@ def test_de3_changes_with_sigma_and_is_randomized(trained):
         r0 = d.denoise(x); d.sigma = 150; r150 = d.denoise(x)
     assert not torch.allclose(r0, r150)
     assert d.is_randomized
+    with pytest.raises(ValueError, match='σ must be'): d.sigma = -150   # would read as deterministic: no EOT, no passes
+    assert d.sigma == 150
 
 def test_harness_uses_eot_and_passes_for_de3(trained):
     nim, clf = trained
