@@ -430,6 +430,7 @@ def square_search(score_fn:Callable, x, eps, norm='linf', n_queries:int=5000, p_
     "Random search maximising `score_fn(x_sub, idx) -> (loss, success)` (idx: rows of `x`) in the ε-ball ∩ box."
     norm = check_norm(norm); eps = parse_eps(eps, norm)
     x = x.detach(); N, c, h, w = x.shape; dev = x.device
+    if n_queries < 0: raise ValueError(f"n_queries must be ≥ 0, got {n_queries}.")
     if eps == 0 or n_queries == 0: return (x.clone(), torch.zeros(N)) if return_info else x.clone()
     n_features = c * h * w
     if norm == 'linf':
@@ -489,6 +490,7 @@ def square_search(score_fn:Callable, x, eps, norm='linf', n_queries:int=5000, p_
 def square(model, x, y, eps, norm='linf', n_queries:int=5000, p_init:float=0.8, restarts:int=1, seed=0, loss='margin'):
     "Square attack (black-box, score-based) on a classifier with the margin (or CE) loss; ℓ∞ or ℓ2."
     x, y, eps, norm = prepare(model, x, y, eps, norm)
+    if n_queries < 0 or restarts < 1: raise ValueError(f"n_queries must be ≥ 0 and restarts ≥ 1, got {n_queries} and {restarts}.")
     def score(xs, idx):
         logits = model(xs); yi = y[idx]
         l = margin_loss(logits, yi) if loss == 'margin' else ce_loss(logits, yi)

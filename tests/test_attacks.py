@@ -4,7 +4,7 @@ import pytest, torch
 import torchattacks
 from hypothesis import given, settings, strategies as st, HealthCheck
 from mimbench.attacks import (ATTACKS, perturb, run_attack, lp_norm, predict, fgsm, pgd, mifgsm, apgd_ce, autoattack,
-                              classifier_loss, huang_l2_eps, pixel_mask)
+                              classifier_loss, huang_l2_eps, pixel_mask, square)
 from mimbench.models import create_vit
 import mimbench.adversarial   # registers the adaptive attacks (pgd-mi, pgd-fea): the properties cover every registered attack
 
@@ -117,6 +117,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='one-hot'): pgd(model, x, torch.eye(10)[y], 0.1)
     with pytest.raises(ValueError, match='255'): pgd(model, x * 255, y, 0.1)
     with pytest.raises(ValueError, match='alpha must be > 0'): pgd(model, x, y, 0.1, alpha=-0.01)   # would descend the loss
+    with pytest.raises(ValueError, match='n_queries'): square(model, x, y, 0.1, n_queries=-5)
     model.train()
     with pytest.warns(UserWarning, match='train mode'): pgd(model, x, y, 0.1, steps=1)
     assert model.training
