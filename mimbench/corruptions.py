@@ -4,18 +4,17 @@
 
 # %% ../nbs/16_corruptions.ipynb #aa7485c9
 from __future__ import annotations
-import dataclasses, json, time
-from dataclasses import dataclass, field, asdict
+import dataclasses, time
+from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np
 import torch
 from fastcore.script import call_parse, store_true
 from tqdm.auto import tqdm
-from .core import atomic_write, config_dict, config_hash, format_eps, write_json
+from .core import config_dict, config_hash, format_eps
 from .data import (CORRUPTIONS, SEVERITIES, Corruption, CorruptedDataset, corrupt, corrupt_dataset, corruption_cache,
                            corruption_names, dataset_fingerprint, get_dataset, load_batch, check_severity)
 from .train import TrainConfig, train, run_dir, NOT_HASHED
-from .evaluate import ShiftReport, shift_accuracy, robust_accuracy
+from .evaluate import JSONReport, ShiftReport, shift_accuracy, robust_accuracy
 from .defenses import psnr
 
 # %% auto #0
@@ -83,18 +82,11 @@ def cli_corrupt(dataset:str='fashion-mnist',    # dataset name (see `mimbench in
 
 # %% ../nbs/16_corruptions.ipynb #ae31eed3
 @dataclass
-class LayerDecaySweep:
+class LayerDecaySweep(JSONReport):
     "Rows (one per fine-tuned model) of the lr-decay sweep: clean, corrupted and robust accuracy."
     rows: list
     settings: dict = field(default_factory=dict)
 
-    def to_dict(self): return asdict(self)
-    def to_json(self, path=None) -> str:
-        s = json.dumps(self.to_dict(), indent=2, default=str)
-        if path is not None: atomic_write(path, lambda p: p.write_text(s))
-        return s
-    @classmethod
-    def from_json(cls, s): return cls(**json.loads(Path(s).read_text() if isinstance(s, Path) or str(s).endswith('.json') else s))
     def __add__(self, other): return LayerDecaySweep(self.rows + other.rows, {**self.settings, **other.settings})
 
     def to_markdown(self) -> str:
