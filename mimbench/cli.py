@@ -17,7 +17,7 @@ __all__ = ['COMMANDS', 'CLI_MODULES', 'USER_ERRORS', 'pretrain', 'finetune', 'in
 # %% ../nbs/20_cli.ipynb #b76e53a7
 def _json_arg(s, what):
     try: return json.loads(s) if s else {}
-    except json.JSONDecodeError as e: raise SystemExit(f"--{what} must be JSON, e.g. '{{\"mask_ratio\": 0.6}}': {e}")
+    except json.JSONDecodeError as e: raise ValueError(f"--{what} must be JSON, e.g. '{{\"mask_ratio\": 0.6}}': {e}")
 
 def _common(task, recipe, dataset, data_root, channels, img_size, n_train, preset, patch_size, epochs, batch_size, lr, blr,
             warmup_epochs, augment, seed, out, ckpt_every, no_progress, device, args, model_args, **extra):
@@ -96,11 +96,10 @@ def finetune(
 # %% ../nbs/20_cli.ipynb #02613210
 def info_text(out='runs') -> str:
     "A human summary of datasets, presets, recipes, attacks and runs."
-    from mimbench.data import list_datasets
+    from mimbench.data import list_datasets, CORRUPTIONS
     from mimbench.models import PRESETS
     from mimbench.mim import PRETEXTS
     from mimbench.train import FINETUNE_OBJECTIVES, load_recipe_modules
-    from mimbench.data import CORRUPTIONS
     load_recipe_modules()                                  # recipes registered by later modules
     lines = ['datasets:']
     for d in list_datasets(): lines.append(f"  {d['name']:<16} {'available' if d['available'] else 'needs --data-root':<18} {d['description']}")

@@ -474,7 +474,7 @@ def cli_eval(run:str,                                  # run directory or .safet
     "Robust accuracy of a run or checkpoint (worst case over attacks, gradient-masking checks), optionally under corruptions."
     if out is None and Path(run).is_dir(): out = run
     do_attacks = attacks.strip().lower() not in ('', 'none')
-    if not do_attacks and not corruptions: raise SystemExit("Nothing to evaluate: give --attacks and/or --corruptions.")
+    if not do_attacks and not corruptions: raise ValueError("Nothing to evaluate: give --attacks and/or --corruptions.")
     rep = shift = None
     if do_attacks:
         rep = evaluate_checkpoint(run, dataset, attacks, eps, norm, n, batch_size, out=out, split=split, data_root=data_root,
