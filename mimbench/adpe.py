@@ -361,10 +361,7 @@ def create_rpe_vit(preset='micro', img_size=32, patch_size=4, in_chans=3, num_cl
                    drop_path_rate=0., rpe_args=None, **overrides) -> ViT:
     "A ViT classifier whose blocks are `RPEBlock`s."
     vit = create_vit(preset, img_size, patch_size, in_chans, num_classes, global_pool, drop_path_rate, **overrides)
-    dpr = [b.drop_path1.drop_prob if hasattr(b.drop_path1, 'drop_prob') else 0. for b in vit.blocks]
-    vit.blocks = rpe_blocks(vit.blocks, **(rpe_args or {}))
-    for b, p in zip(vit.blocks, dpr):
-        if p: b.drop_path1.drop_prob = b.drop_path2.drop_prob = p
+    vit.blocks = rpe_blocks(vit.blocks, **(rpe_args or {}))          # keeps each block's drop-path rate
     vit.config = dict(vit.config, kind='rpe-vit', rpe_args=rpe_args)
     return vit
 

@@ -258,3 +258,9 @@ def test_cli_pretrain_export_finetune(tmp_path):
     assert r.returncode == 0 and 'worst case' in r.stdout, r.stderr[-2000:]
     r = cli('eval', pre)                               # a pretraining run is not: one clear line, no traceback
     assert r.returncode == 1 and 'fine-tune the pretraining run first' in r.stderr and 'Traceback' not in r.stderr
+
+def test_rpe_vit_keeps_the_stochastic_depth_schedule():
+    from mimbench.adpe import create_rpe_vit
+    from mimbench.models import create_vit
+    rates = lambda m: [getattr(b.drop_path1, 'drop_prob', 0.) for b in m.blocks]
+    assert rates(create_rpe_vit('micro', 32, 4, 1, drop_path_rate=0.2)) == rates(create_vit('micro', 32, 4, 1, drop_path_rate=0.2))
