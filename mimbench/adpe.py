@@ -375,10 +375,7 @@ def vit_from_adpe(mae:AdPEMAE, num_classes=10, global_pool='token', drop_path_ra
     vit = (create_rpe_vit(**c, rpe_args=mae.rpe_args or None, num_classes=num_classes, global_pool=global_pool,
                           drop_path_rate=drop_path_rate) if mae.pe == 'rpe' else
            create_vit(**c, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate))
-    own = vit.state_dict()
-    missing, _ = vit.load_state_dict({k: v for k, v in mae.encoder.state_dict().items() if k in own}, strict=False)
-    assert all(k.startswith(('head', 'fc_norm', 'norm.')) for k in missing), missing
-    return vit
+    return _models.load_encoder(vit, mae)
 
 
 

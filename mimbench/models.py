@@ -19,8 +19,8 @@ from .core import Registry, check_images, default_normalize, atomic_write
 __all__ = ['PRESETS', 'MODEL_BUILDERS', 'MODEL_KIND_MODULES', 'CLASSIFIER_KINDS', 'ViTSize', 'check_patch_size', 'patchify',
            'unpatchify', 'random_masking', 'sincos_pos_embed', 'grid_coords', 'sincos_table', 'ViT', 'record_attention',
            'init_weights', 'timm_state_dict', 'to_timm', 'MAE', 'per_sample_masked_mean', 'create_mae', 'create_vit',
-           'vit_from_mae', 'vit_with_new_head', 'build_model', 'CheckpointError', 'save_model', 'read_checkpoint',
-           'load_weights', 'load_model']
+           'vit_from_mae', 'load_encoder', 'vit_with_new_head', 'build_model', 'CheckpointError', 'save_model',
+           'read_checkpoint', 'load_weights', 'load_model']
 
 # %% ../nbs/02_models.ipynb #d8e374ce
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +316,10 @@ def create_vit(preset='micro', img_size=32, patch_size=4, in_chans=3, num_classe
 def vit_from_mae(mae:MAE, num_classes=10, global_pool='token', drop_path_rate=0.) -> ViT:
     "A classifier whose encoder starts from `mae`'s encoder weights (fresh head)."
     c = {k: v for k, v in mae.config.items() if k not in ('kind', 'norm_pix_loss')}
-    vit = create_vit(**c, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
+    return load_encoder(create_vit(**c, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate), mae)
+
+def load_encoder(vit:ViT, mae:MAE) -> ViT:
+    "Copy `mae`'s encoder weights into the classifier `vit`; only its head (and under avg pooling its final norm) stay fresh."
     own = vit.state_dict()
     state = {k: v for k, v in mae.encoder.state_dict().items() if k in own}   # avg pooling drops the final norm
     missing, _ = vit.load_state_dict(state, strict=False)
