@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.mimbench-installed
 
-.PHONY: install demo test lab export check-export nbtest pytest browser-deps bench clean-runs
+.PHONY: install demo test lab export check-export nbtest pytest browser-deps bench bench-deps gpu-check gpu-check-tiny speed-table clean-runs
 
 install: $(STAMP)
 $(STAMP): settings.ini setup.py
@@ -39,6 +39,24 @@ pytest:
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-bench: install
-	$(BIN)/python -m pip install -q -e ".[dev,bench]"
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+# Peer libraries of the benchmarks (lightly, pytorch-cka, torch-cka); offline, the benchmarks skip a missing peer's rows.
+bench-deps: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]" || echo "bench peers not installed (offline?): their comparisons are skipped"
+
+# CPU benchmarks against the peers; the ones with --save write bench/results/<bench>-cpu.json, then the README table.
+bench: bench-deps
+	for b in mae_step attacks cka adpe; do $(BIN)/python bench/$$b.py --save || exit 1; done
+	for b in pretrain de3; do $(BIN)/python bench/$$b.py || exit 1; done
+	$(BIN)/python bench/speed_table.py
+
+# Every CUDA path in one script (≤ 8 minutes on one GPU): bench/results/gpu-<device>.json and .md, then the README table.
+gpu-check: bench-deps
+	$(BIN)/python bench/gpu_check.py
+	$(BIN)/python bench/speed_table.py
+
+# The same script at tiny sizes on CPU (seconds to a minute or two); `make test` runs it through tests/test_bench.py.
+gpu-check-tiny: install
+	$(BIN)/python bench/gpu_check.py --tiny --out $${TMPDIR:-/tmp}/mimbench-gpu-check
+
+speed-table:
+	$(BIN)/python bench/speed_table.py

@@ -15,12 +15,43 @@ import argparse, statistics, time
 import torch
 from mimbench.adpe import AdPEPretext
 from mimbench.mim import PRETEXTS
+from _common import device_name, load_average, row, write_results
 
 CASES = [('mae', 'mae', {}), ('mae-plus (ape)', 'mae-plus', {}), ('adpe-ape-emb', 'adpe-ape-emb', {}),
          ('adpe-ape-coord', 'adpe-ape-coord', {}), ('mae-plus (rpe)', 'mae-plus', {'pe': 'rpe'}),
          ('adpe-rpe-emb', 'adpe-rpe-emb', {}), ('adpe-rpe-coord', 'adpe-rpe-coord', {})]
 BASE = {'adpe-ape-emb': 'mae-plus (ape)', 'adpe-ape-coord': 'mae-plus (ape)', 'adpe-rpe-emb': 'mae-plus (rpe)',
         'adpe-rpe-coord': 'mae-plus (rpe)', 'mae-plus (ape)': 'mae'}
+
+def measure(preset='micro', batch=128, steps=10, rounds=5, img=32, patch=4, crops=4, chans=1, amp=False, device=None, cases=None):
+    "Median ms/step of every case (interleaved rounds) and the ratio of each to its base: dict."
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    torch.manual_seed(0)
+    x = torch.rand(batch, chans, img, img, device=dev)
+    runs = {}
+    for name, recipe, kw in [c for c in CASES if cases is None or c[0] in cases]:
+        if issubclass(PRETEXTS[recipe], AdPEPretext): kw = {'crops': crops, **kw}
+        p = PRETEXTS[recipe](**kw)
+        m = p.create_model(preset, img, patch, chans).to(dev).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        def step(p=p, m=m, opt=opt):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == 'cuda'):
+                loss = p.loss(m, x)['loss']
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        for _ in range(3): step()                                 # warm-up
+        runs[name] = (step, [])
+    for _ in range(rounds):
+        for name, (step, times) in runs.items():
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps): step()
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) / steps * 1e3)
+    ms = {k: statistics.median(v[1]) for k, v in runs.items()}
+    return {'ms_per_step': ms, 'ratio': {k: ms[k] / ms[BASE[k]] for k in ms if k in BASE and BASE[k] in ms},
+            'base': {k: BASE[k] for k in ms if k in BASE}, 'preset': preset, 'batch': batch, 'img': img, 'patch': patch,
+            'crops': crops, 'amp': amp and dev.type == 'cuda'}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,35 +61,21 @@ def main():
     ap.add_argument('--crops', type=int, default=4); ap.add_argument('--chans', type=int, default=1)
     ap.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA), as the trainer does')
     ap.add_argument('--device', default=None)
+    ap.add_argument('--save', action='store_true', help='write bench/results/adpe-<device>.json for the speed table')
     a = ap.parse_args()
     dev = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    torch.manual_seed(0)
-    x = torch.rand(a.batch, a.chans, a.img, a.img, device=dev)
-    runs = {}
-    for name, recipe, kw in CASES:
-        if issubclass(PRETEXTS[recipe], AdPEPretext): kw = {'crops': a.crops, **kw}
-        p = PRETEXTS[recipe](**kw)
-        m = p.create_model(a.preset, a.img, a.patch, a.chans).to(dev).train()
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        def step(p=p, m=m, opt=opt):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.amp and dev.type == 'cuda'):
-                loss = p.loss(m, x)['loss']
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        for _ in range(3): step()                                 # warm-up
-        runs[name] = (step, [])
-    for _ in range(a.rounds):
-        for name, (step, times) in runs.items():
-            if dev.type == 'cuda': torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(a.steps): step()
-            if dev.type == 'cuda': torch.cuda.synchronize()
-            times.append((time.perf_counter() - t) / a.steps * 1e3)
-    ms = {k: statistics.median(v[1]) for k, v in runs.items()}
-    print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+    r = measure(a.preset, a.batch, a.steps, a.rounds, a.img, a.patch, a.crops, a.chans, a.amp, dev)
+    ms = r['ms_per_step']
+    print(f"device {dev} ({device_name(dev)}), load {load_average()}, "
           f"preset {a.preset}, batch {a.batch}, img {a.img}, patch {a.patch}, crops {a.crops}, amp {a.amp}, "
           f"{a.rounds}×{a.steps} steps")
     for k, v in ms.items():
-        ratio = f"  ×{v / ms[BASE[k]]:.3f} vs {BASE[k]}" if k in BASE else ''
+        ratio = f"  ×{r['ratio'][k]:.3f} vs {BASE[k]}" if k in r['ratio'] else ''
         print(f"  {k:<16} {v:8.2f} ms/step{ratio}")
+    if a.save:
+        rows = [row(f"{k} training step ({a.preset}, batch {a.batch}, {a.crops} crops)", f"mimbench {BASE[k]}", ms[k], ms[BASE[k]],
+                    'ms/step', r['ratio'][k], '≤ 1.15× base (cost ratio)', r['ratio'][k] <= 1.15, 'ratio = cost / base cost (< 1 is cheaper)')
+                for k in r['ratio'] if k.startswith('adpe')]
+        print('wrote', write_results('adpe', rows, dev))
 
 if __name__ == '__main__': main()

@@ -92,42 +92,74 @@ def run_one(a):
                       'threads': torch.get_num_threads()}))
 
 
+def compare(n=2000, batch=100, preset='tiny', patch=4, threads=None, methods=METHODS, modes=('self', 'cross'), verbose=True):
+    "Run every method × mode in its own subprocess; returns {(method, mode): result} and a summary list of rows (dicts)."
+    res = {}
+    for mode in modes:
+        for meth in [m for m in METHODS if m in methods]:
+            cmd = [sys.executable, __file__, '--method', meth, '--mode', mode, '--n', str(n), '--batch', str(batch),
+                   '--preset', preset, '--patch', str(patch)] + (['--threads', str(threads)] if threads else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                if verbose: print(f"{meth} {mode} failed:\n{out.stderr[-2000:]}")
+                res[meth, mode] = {'error': out.stderr[-2000:]}; continue
+            res[meth, mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            if verbose:
+                print(f"  {mode:5} {meth:12} {res[meth, mode]['time']:7.2f} s wall {res[meth, mode]['cpu_s']:7.2f} s CPU  "
+                      f"peak {res[meth, mode]['peak_mb']:7.0f} MB", flush=True)
+    ok = {k: v for k, v in res.items() if 'error' not in v}
+    r0 = next(iter(ok.values()), {'device': 'cpu'})
+    # on a shared CPU, process CPU time (all threads) is the contention-robust measure; on CUDA, wall time
+    key = 'time' if r0['device'] == 'cuda' else 'cpu_s'
+    rows = []
+    for mode in modes:
+        fw, ours, ref = ok.get(('forward', mode)), ok.get(('mimbench', mode)), ok.get(('reference', mode))
+        for meth in METHODS:
+            r = ok.get((meth, mode))
+            if r is None: continue
+            dev = (torch.tensor(r['cka'], dtype=torch.float64) - torch.tensor(ref['cka'], dtype=torch.float64)).abs().max().item() if r['cka'] and ref else float('nan')
+            rows.append({'mode': mode, 'method': meth, 'wall_s': r['time'], 'cpu_s': r['cpu_s'],
+                         'per_forward': r[key] / fw[key] if fw else float('nan'), 'vs_ours': r[key] / ours[key] if ours else float('nan'),
+                         'peak_mb': r['peak_mb'], 'extra_mb': r['peak_mb'] - r['base_mb'], 'max_dev': dev})
+    return res, rows, key
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--n', type=int, default=2000); ap.add_argument('--batch', type=int, default=100)
     ap.add_argument('--preset', default='tiny'); ap.add_argument('--patch', type=int, default=4)
     ap.add_argument('--threads', type=int, default=None)
     ap.add_argument('--method', choices=METHODS); ap.add_argument('--mode', choices=('self', 'cross'))
-    ap.add_argument('--only', nargs='*', default=list(METHODS))
+    ap.add_argument('--only', nargs='*', default=list(METHODS)); ap.add_argument('--modes', nargs='*', default=['self', 'cross'])
+    ap.add_argument('--save', action='store_true', help='write bench/results/cka-<device>.json for the speed table')
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     if a.method: return run_one(a)
-    res = {}
-    for mode in ('self', 'cross'):
-        for meth in [m for m in METHODS if m in a.only]:
-            cmd = [sys.executable, __file__, '--method', meth, '--mode', mode, '--n', str(a.n), '--batch', str(a.batch),
-                   '--preset', a.preset, '--patch', str(a.patch)] + (['--threads', str(a.threads)] if a.threads else [])
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                print(f"{meth} {mode} failed:\n{out.stderr[-2000:]}"); continue
-            res[meth, mode] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"  {mode:5} {meth:12} {res[meth, mode]['time']:7.2f} s wall {res[meth, mode]['cpu_s']:7.2f} s CPU  "
-                  f"peak {res[meth, mode]['peak_mb']:7.0f} MB", flush=True)
-    r0 = next(iter(res.values()))
-    print(f"\n{a.preset} ViT, patch {a.patch}, 32×32, {a.n} images, batch {a.batch}, {r0['device']}, {r0['threads']} threads")
-    # on a shared CPU, process CPU time (all threads) is the contention-robust measure; on CUDA, wall time
-    key = 'time' if r0['device'] == 'cuda' else 'cpu_s'
+    from _common import load_average, peer_version, row, write_results
+    load0 = load_average()
+    res, rows, key = compare(a.n, a.batch, a.preset, a.patch, a.threads, a.only, a.modes)
+    r0 = next(v for v in res.values() if 'error' not in v)
+    print(f"\n{a.preset} ViT, patch {a.patch}, 32×32, {a.n} images, batch {a.batch}, {r0['device']}, {r0['threads']} threads, "
+          f"load {load0} → {load_average()}")
     print(f"ratios use {'wall' if key == 'time' else 'process CPU'} time")
     print(f"{'mode':6}{'method':13}{'wall s':>8}{'CPU s':>8}{'/forward':>10}{'vs ours':>9}{'peak MB':>9}{'+MB':>7}{'max|Δ| vs f64':>15}")
-    for mode in ('self', 'cross'):
-        fw, ours, ref = res.get(('forward', mode)), res.get(('mimbench', mode)), res.get(('reference', mode))
-        for meth in METHODS:
-            r = res.get((meth, mode))
-            if r is None: continue
-            dev = (torch.tensor(r['cka'], dtype=torch.float64) - torch.tensor(ref['cka'], dtype=torch.float64)).abs().max().item() if r['cka'] and ref else float('nan')
-            print(f"{mode:6}{meth:13}{r['time']:8.2f}{r['cpu_s']:8.2f}{r[key] / fw[key] if fw else float('nan'):10.2f}"
-                  f"{r[key] / ours[key] if ours else float('nan'):9.2f}{r['peak_mb']:9.0f}{r['peak_mb'] - r['base_mb']:7.0f}"
-                  f"{dev:15.1e}")
+    for r in rows:
+        print(f"{r['mode']:6}{r['method']:13}{r['wall_s']:8.2f}{r['cpu_s']:8.2f}{r['per_forward']:10.2f}{r['vs_ours']:9.2f}"
+              f"{r['peak_mb']:9.0f}{r['extra_mb']:7.0f}{r['max_dev']:15.1e}")
+    if a.save:
+        by = {(r['mode'], r['method']): r for r in rows}
+        out = []
+        for mode in a.modes:
+            o = by.get((mode, 'mimbench'))
+            if o is None: continue
+            out.append(row(f"CKA {mode}-model, all block pairs ({a.preset} ViT, {a.n} images): time / forward-only time",
+                           'forward passes alone', o['per_forward'], 1.0, '× forward', None, '≤ 1.15', o['per_forward'] <= 1.15))
+            for peer, dist in (('pytorch-cka', 'pytorch_cka'), ('torch-cka', 'torch-cka')):
+                p = by.get((mode, peer))
+                if p: out.append(row(f"CKA {mode}-model ({a.preset} ViT, {a.n} images)", peer_version(dist), o[key], p[key],
+                                     's' + (' CPU' if key == 'cpu_s' else ''), p['vs_ours'], '≥ 1.0', p['vs_ours'] >= 1.0,
+                                     f"peak +MB {o['extra_mb']:.0f} vs {p['extra_mb']:.0f}; max|Δ| vs f64 {o['max_dev']:.1e} vs {p['max_dev']:.1e}"))
+        print('wrote', write_results('cka', out, r0['device'], {'results': rows}))
 
 
 if __name__ == '__main__':

@@ -24,20 +24,15 @@ def best_rate(fn, n_images, repeats, device):
     return n_images / best
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--preset', default='micro'); ap.add_argument('--batch', type=int, default=128)
-    ap.add_argument('--eot', type=int, default=20); ap.add_argument('--repeats', type=int, default=5)
-    ap.add_argument('--sigma', type=float, default=70.); ap.add_argument('--device', default=None)
-    ap.add_argument('--channels', type=int, default=1)
-    a = ap.parse_args()
-    device = get_device(a.device)
+def measure(preset='micro', batch=128, eot=20, repeats=5, sigma=70., channels=1, device=None):
+    "Images/s of classifier and De³ inference and of a PGD step (EOT through De³): dict."
+    device = get_device(device)
     torch.manual_seed(0)
-    c = a.channels
-    clf = create_vit(a.preset, 32, 4, c).to(device).eval()
-    den = create_mae(a.preset, 32, 4, c, norm_pix_loss=False).to(device).eval()
-    de3 = De3(den, clf, a.sigma).eval()
-    x = torch.rand(a.batch, c, 32, 32, device=device); y = torch.randint(0, 10, (a.batch,), device=device)
+    c = channels
+    clf = create_vit(preset, 32, 4, c).to(device).eval()
+    den = create_mae(preset, 32, 4, c, norm_pix_loss=False).to(device).eval()
+    de3 = De3(den, clf, sigma).eval()
+    x = torch.rand(batch, c, 32, 32, device=device); y = torch.randint(0, 10, (batch,), device=device)
     for m in (clf, de3): m.requires_grad_(False)
 
     def infer(model):
@@ -46,12 +41,23 @@ def main():
     def eot_pgd_step(model, eot):
         return perturb(classifier_loss(model, y), x, 4 / 255, 'linf', steps=1, alpha=2 / 255, random_start=False, eot=eot)
 
-    rates = {
-        'classifier inference': best_rate(lambda: infer(clf), a.batch, a.repeats, device),
-        'De³ inference': best_rate(lambda: infer(de3), a.batch, a.repeats, device),
-        'classifier PGD step': best_rate(lambda: eot_pgd_step(clf, 1), a.batch, a.repeats, device),
-        f'De³ EOT-{a.eot} PGD step': best_rate(lambda: eot_pgd_step(de3, a.eot), a.batch, max(1, a.repeats // 2), device),
+    return {
+        'classifier inference': best_rate(lambda: infer(clf), batch, repeats, device),
+        'De³ inference': best_rate(lambda: infer(de3), batch, repeats, device),
+        'classifier PGD step': best_rate(lambda: eot_pgd_step(clf, 1), batch, repeats, device),
+        f'De³ EOT-{eot} PGD step': best_rate(lambda: eot_pgd_step(de3, eot), batch, max(1, repeats // 2), device),
     }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--preset', default='micro'); ap.add_argument('--batch', type=int, default=128)
+    ap.add_argument('--eot', type=int, default=20); ap.add_argument('--repeats', type=int, default=5)
+    ap.add_argument('--sigma', type=float, default=70.); ap.add_argument('--device', default=None)
+    ap.add_argument('--channels', type=int, default=1)
+    a = ap.parse_args()
+    device = get_device(a.device)
+    rates = measure(a.preset, a.batch, a.eot, a.repeats, a.sigma, a.channels, device)
     base = rates['classifier inference']
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f"CPU, {torch.get_num_threads()} threads"
     print(f"De³ cost, preset {a.preset}, batch {a.batch}, σ {a.sigma:g}, {name}, torch {torch.__version__}")

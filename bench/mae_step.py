@@ -4,12 +4,14 @@
 
 Both models: timm `Block`s, same encoder/decoder sizes, norm-pix MSE on the masked patches, AdamW, one process.
 Prints steps/s of each and the ratio ours/lightly (> 1 means ours is faster). On CUDA it also reports images/s
-and the fraction of the GPU's peak bf16 FLOP/s (pass --peak-tflops for your card).
+and the fraction of the GPU's peak bf16 FLOP/s (the card's peak from bench/_common.py's table, or --peak-tflops).
+`--save` writes bench/results/mae_step-<device>.json for the README's speed table.
 """
 import argparse, time
 import torch
 from torch import nn
-from mimbench.models import PRESETS, create_mae, patchify
+from mimbench.models import PRESETS, create_mae
+from _common import device_name, load_average, peak_bf16_tflops, peer_version, row, write_results
 
 
 def lightly_mae(s, img, patch, chans):
@@ -59,42 +61,68 @@ def steps_per_s(model, loss_fn, x, steps, device):
     return steps / (time.perf_counter() - t)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--preset', default='tiny'); ap.add_argument('--batch', type=int, default=128)
-    ap.add_argument('--steps', type=int, default=10); ap.add_argument('--img', type=int, default=32)
-    ap.add_argument('--patch', type=int, default=4); ap.add_argument('--chans', type=int, default=3)
-    ap.add_argument('--rounds', type=int, default=3); ap.add_argument('--peak-tflops', type=float, default=989.)
-    a = ap.parse_args()
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+def mae_flops_per_image(preset, img, patch, mask_ratio=0.75):
+    "Matmul FLOPs of one MAE training step per image (forward + backward ≈ 3 × forward; encoder on the kept tokens)."
+    s = PRESETS[preset]
+    L, D = (img // patch) ** 2, s.embed_dim
+    keep = int(L * (1 - mask_ratio)) + 1
+    enc = s.depth * (24 * keep * D * D + 4 * keep * keep * D)
+    dd = s.decoder_embed_dim
+    dec = s.decoder_depth * (24 * (L + 1) * dd * dd + 4 * (L + 1) ** 2 * dd)
+    return 3 * (enc + dec)
+
+
+def measure(preset='tiny', batch=128, steps=10, img=32, patch=4, chans=3, rounds=3, device=None, peer=True):
+    "Best-of-`rounds` steps/s of mimbench's MAE (and lightly's, with `peer`), bf16 autocast on CUDA as in the trainer."
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     torch.manual_seed(0)
-    s = PRESETS[a.preset]
-    ours = create_mae(a.preset, a.img, a.patch, a.chans).to(device).train()
-    theirs = lightly_mae(s, a.img, a.patch, a.chans).to(device).train()
-    x = torch.rand(a.batch, a.chans, a.img, a.img, device=device)
+    s = PRESETS[preset]
+    models = {'mimbench': create_mae(preset, img, patch, chans).to(device).train()}
+    if peer: models['lightly'] = lightly_mae(s, img, patch, chans).to(device).train()
+    x = torch.rand(batch, chans, img, img, device=device)
     amp = torch.autocast('cuda', dtype=torch.bfloat16, enabled=device.type == 'cuda')
     def ours_loss(m, x):
         with amp: return m(x, mask_ratio=0.75)[0]
     def theirs_loss(m, x):
         with amp: return m(x)
-    best = {'mimbench': 0., 'lightly': 0.}
-    for _ in range(a.rounds):                                  # interleaved rounds, best of each
-        best['mimbench'] = max(best['mimbench'], steps_per_s(ours, ours_loss, x, a.steps, device))
-        best['lightly'] = max(best['lightly'], steps_per_s(theirs, theirs_loss, x, a.steps, device))
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+    best = {k: 0. for k in models}
+    for _ in range(rounds):                                    # interleaved rounds, best of each
+        for k, m in models.items():
+            best[k] = max(best[k], steps_per_s(m, ours_loss if k == 'mimbench' else theirs_loss, x, steps, device))
+    out = {'preset': preset, 'img': img, 'patch': patch, 'batch': batch, 'amp_bf16': device.type == 'cuda',
+           'params': {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+           'steps_per_s': best, 'img_per_s': {k: v * batch for k, v in best.items()}}
+    if peer: out['ratio'] = best['mimbench'] / best['lightly']
+    flops = mae_flops_per_image(preset, img, patch) * batch
+    out['tflops'] = flops * best['mimbench'] / 1e12
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--preset', default='tiny'); ap.add_argument('--batch', type=int, default=128)
+    ap.add_argument('--steps', type=int, default=10); ap.add_argument('--img', type=int, default=32)
+    ap.add_argument('--patch', type=int, default=4); ap.add_argument('--chans', type=int, default=3)
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--peak-tflops', type=float, default=None, help="the card's peak bf16 TFLOP/s (default: from the table in bench/_common.py)")
+    ap.add_argument('--save', action='store_true', help='write bench/results/mae_step-<device>.json for the speed table')
+    a = ap.parse_args()
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    r = measure(a.preset, a.batch, a.steps, a.img, a.patch, a.chans, a.rounds, device)
+    best = r['steps_per_s']
+    print(f"device {device} ({device_name(device)}), load {load_average()}, "
           f"preset {a.preset}, {a.img}px, patch {a.patch}, batch {a.batch}, mask 0.75")
-    print(f"params: mimbench {sum(p.numel() for p in ours.parameters()):,}  lightly {sum(p.numel() for p in theirs.parameters()):,}")
+    print(f"params: mimbench {r['params']['mimbench']:,}  lightly {r['params']['lightly']:,}")
     for k, v in best.items(): print(f"{k:>9}: {v:7.2f} steps/s  {v * a.batch:8.1f} img/s")
-    print(f"ratio mimbench/lightly: {best['mimbench'] / best['lightly']:.2f}x")
+    print(f"ratio mimbench/lightly: {r['ratio']:.2f}x")
     if device.type == 'cuda':
-        L, D = (a.img // a.patch) ** 2, s.embed_dim
-        keep = int(L * 0.25) + 1
-        enc = s.depth * (24 * keep * D * D + 4 * keep * keep * D)
-        dd = s.decoder_embed_dim
-        dec = s.decoder_depth * (24 * (L + 1) * dd * dd + 4 * (L + 1) ** 2 * dd)
-        flops = 3 * (enc + dec) * a.batch                      # forward + backward ≈ 3 × forward
-        print(f"≈{flops * best['mimbench'] / 1e12:.1f} TFLOP/s = {flops * best['mimbench'] / 1e12 / a.peak_tflops:.1%} of "
-              f"{a.peak_tflops:g} TFLOP/s peak bf16")
+        peak = a.peak_tflops or peak_bf16_tflops(torch.cuda.get_device_name())
+        print(f"≈{r['tflops']:.1f} TFLOP/s = " + (f"{r['tflops'] / peak:.1%} of {peak:g} TFLOP/s peak bf16" if peak else
+                                                 "unknown fraction of peak (card not in bench/_common.py's table)"))
+    if a.save:
+        what = f"MAE training step ({a.preset} ViT, {a.img}px, patch {a.patch}, batch {a.batch})"
+        print('wrote', write_results('mae_step', [row(what, peer_version('lightly'), r['img_per_s']['mimbench'],
+                                                       r['img_per_s']['lightly'], 'img/s', r['ratio'], '≥ 1.0', r['ratio'] >= 1.0)], device))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,83 @@
+"The prepared GPU check runs in its tiny mode on CPU (so it cannot rot between GPU runs), and the speed table renders."
+import importlib.util, json, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def _load(name):   # by path: bench/ on sys.path would let bench/cka.py shadow pytorch-cka's `import cka`
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', ROOT / 'bench' / f'{name}.py')
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); return m
+
+speed_table, common = _load('speed_table'), _load('_common')
+peak_bf16_tflops, row = common.peak_bf16_tflops, common.row
+
+ROW_KEYS = {'what', 'peer', 'ours', 'theirs', 'unit', 'ratio', 'target', 'ok', 'note'}
+SECTIONS = {'mae', 'widgets', 'de3', 'adpe', 'fast_attack', 'cka', 'autoattack'}
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('gpu-check')
+    p = subprocess.run([sys.executable, str(ROOT / 'bench' / 'gpu_check.py'), '--tiny', '--out', str(out), '--clf-dir', str(out / 'clf')],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    return p, out
+
+
+def test_gpu_check_tiny_runs_every_section(tiny_run):
+    p, out = tiny_run
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((out / 'gpu-cpu.json').read_text())
+    assert {'device', 'device_name', 'torch', 'date', 'commit', 'load', 'sections', 'rows', 'total_s'} <= set(res)
+    assert res['device'] == 'cpu' and res['tiny'] is True and res['commit'] != 'unknown'
+    assert set(res['sections']) == SECTIONS and not any('error' in s or 'skipped' in s for s in res['sections'].values())
+    assert res['rows'] and all(ROW_KEYS <= set(r) for r in res['rows'])
+    s = res['sections']
+    assert s['mae']['img_per_s']['mimbench'] > 0 and s['mae']['fraction_of_peak'] == 'unknown'   # no peak for a CPU
+    assert set(s['widgets']['median_ms']) == {'de3 sigma change', 'reconstruction redraw', 'attack step (render)',
+                                              'attack re-run (PGD-10, ε change)'}
+    assert all(v > 0 for v in s['widgets']['median_ms'].values())
+    for k in ('apgd-ce ours', 'apgd-ce torchattacks', 'autoattack ours', 'autoattack torchattacks'):
+        a = s['autoattack'][k]
+        assert 0 <= a['robust_acc'] <= 1 and a['time'] > 0 and a['max_linf'] <= s['autoattack']['eps'] + 1e-6
+    assert {'apgd-ce', 'apgd-t', 'fab-t', 'square'} & set(s['autoattack']['autoattack ours']['by_stage'])
+    assert any(r['method'] == 'mimbench' and r['max_dev'] < 1e-6 for r in s['cka']['results'])
+    assert all(k.startswith('adpe') for k in s['adpe']['ratio'] if k != 'mae-plus (ape)')
+    assert (out / 'gpu-cpu.md').read_text().startswith('# GPU check')
+    # tiny results never reach the README's table
+    assert speed_table.load(out) == []
+
+
+def test_gpu_check_refuses_full_run_without_cuda():
+    import torch
+    if torch.cuda.is_available(): pytest.skip('a CUDA device is present')
+    p = subprocess.run([sys.executable, str(ROOT / 'bench' / 'gpu_check.py')], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and '--tiny' in p.stderr
+
+
+def test_peak_table():
+    assert peak_bf16_tflops('NVIDIA H200') == 989. and peak_bf16_tflops('NVIDIA H100 PCIe') == 756.
+    assert peak_bf16_tflops('NVIDIA A100-SXM4-80GB') == 312. and peak_bf16_tflops('NVIDIA L40S') == 362.
+    assert peak_bf16_tflops('Some Future GPU') is None
+
+
+def test_speed_table_renders_between_markers(tmp_path):
+    res = tmp_path / 'results'; res.mkdir()
+    (res / 'attacks-cpu.json').write_text(json.dumps({'device': 'cpu', 'device_name': 'CPU (2 cores)', 'date': '2026-11-29 12:00 UTC',
+        'commit': 'abc', 'command': 'bench/attacks.py --save', 'load': [1.0, 1.0, 1.0],
+        'rows': [row('AutoAttack standard', 'torchattacks 3.5.1', 10., 13., 's', 1.3, '≥ 1.2', True)]}))
+    (res / 'gpu-cpu.json').write_text(json.dumps({'device': 'cpu', 'tiny': True, 'rows': [row('x', 'y', 1., 1., 's')]}))
+    readme = tmp_path / 'README.md'
+    readme.write_text(f"# t\n\n## Speed\n{speed_table.START}\nold\n{speed_table.END}\n\n## After\n")
+    assert speed_table.main(['--results', str(res), '--readme', str(readme), '--check']) == 1
+    assert speed_table.main(['--results', str(res), '--readme', str(readme)]) == 0
+    text = readme.read_text()
+    assert 'old' not in text and '## After' in text and text.count(speed_table.START) == 1
+    line = next(l for l in text.splitlines() if l.startswith('| AutoAttack'))
+    assert 'torchattacks 3.5.1' in line and '**CPU**' in line and '2026-11-29' in line and '✓' in line
+    assert '| x |' not in text                                            # the tiny-mode file is skipped
+    assert speed_table.main(['--results', str(res), '--readme', str(readme), '--check']) == 0
+
+
+def test_readme_speed_table_is_up_to_date():
+    assert speed_table.main(['--check']) == 0, "run `python bench/speed_table.py` after saving bench results"
