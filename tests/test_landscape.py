@@ -1,5 +1,6 @@
 "Loss landscapes (weight and input space) and patch-embedding filter PCA."
 import pytest, torch, timm
+import numpy as np
 import torch.nn.functional as F
 from torch import nn
 from mimbench.landscape import (filter_normalize, random_direction, adversarial_direction, weight_landscape,
@@ -87,7 +88,23 @@ def test_patch_embed_on_models():
     assert len(plot_filters(comps).axes) == 28
     with pytest.raises(TypeError, match='patch embedding'): patch_embed_weight(nn.Linear(3, 3))
 
-def test_landscape_plots():
+def test_landscape_plots_put_each_axis_where_it_belongs():
+    "The figures show the numbers they are given, with α on the x axis: a transposed grid or swapped axes fails."
     import matplotlib; matplotlib.use('Agg')
-    Landscape(torch.linspace(-1, 1, 5), torch.rand(5)).plot(label='x')
-    Landscape(torch.linspace(-1, 1, 5), torch.rand(5, 5), torch.linspace(-1, 1, 5)).plot(surface=True)
+    a, b = torch.linspace(-1, 1, 5), torch.linspace(0, 3, 7)                  # different ranges and lengths
+    ax = Landscape(a, a ** 2 + a, labels=('adversarial', 'random')).plot(label='x')   # not symmetric in α
+    assert ax.lines[0].get_xdata().tolist() == a.tolist() and ax.lines[0].get_ydata().tolist() == (a ** 2 + a).tolist()
+    assert ax.get_xlabel() == 'adversarial' and ax.get_legend().get_texts()[0].get_text() == 'x'
+    ls = Landscape(a, a[:, None].expand(5, 7).clone(), b, labels=('adversarial', 'random'))   # loss = α, constant in β
+    ax = ls.plot(levels=[-0.5, 0.25])
+    cs, = [c for c in ax.get_children() if type(c).__name__ == 'QuadContourSet']
+    for level, segs in zip(cs.levels, cs.allsegs):                            # a level set of loss = α is the line x = α
+        v = torch.tensor(np.concatenate(segs))
+        assert torch.allclose(v[:, 0], torch.full_like(v[:, 0], float(level)), atol=1e-9)
+        assert v[:, 1].min() < 0.5 and v[:, 1].max() > 2.5                    # running over the whole β range
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ('adversarial', 'random')
+    ax3 = Landscape(a, a[:, None] + b[None], b).plot(surface=True)
+    assert ax3.name == '3d' and ax3.get_zlabel() == 'loss'
+    assert -1.3 < ax3.get_xlim()[0] < -1 and 1 < ax3.get_xlim()[1] < 1.3                   # α on x
+    assert -0.5 < ax3.get_ylim()[0] < 0 and 3 < ax3.get_ylim()[1] < 3.5                    # β on y
+    assert ax3.get_zlim()[0] < -1 + 1e-6 and ax3.get_zlim()[1] > 4 - 1e-6                  # the whole loss range
