@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from fastcore.script import call_parse
+from fastcore.script import call_parse, store_true
 from .core import Registry, atomic_write, config_hash, format_eps, parse_eps
 from .data import dataset_fingerprint
 from .evaluate import RobustReport, ShiftReport, robust_accuracy, shift_accuracy, _checkpoint_data
 
 # %% auto #0
-__all__ = ['Z95', 'PROTOCOLS', 'wilson_interval', 'pack_flags', 'unpack_flags', 'mcnemar', 'package_digest', 'git_state',
-           'device_name', 'provenance', 'Protocol', 'register_protocol', 'ResultRecord', 'load_records', 'check_record',
-           'make_record', 'describe_run', 'sample_digest', 'evaluate_protocol', 'Leaderboard', 'leaderboard',
-           'leaderboard_text', 'cli_leaderboard']
+__all__ = ['Z95', 'PROTOCOLS', 'SCALES', 'METHODS', 'wilson_interval', 'pack_flags', 'unpack_flags', 'mcnemar', 'package_digest',
+           'git_state', 'device_name', 'provenance', 'Protocol', 'register_protocol', 'ResultRecord', 'load_records',
+           'check_record', 'make_record', 'describe_run', 'sample_digest', 'evaluate_protocol', 'Leaderboard',
+           'leaderboard', 'leaderboard_text', 'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol',
+           'run_leaderboard', 'cli_leaderboard']
 
 # %% ../nbs/17_results.ipynb #61e89f5d
 Z95 = 1.959963984540054      # two-sided 95 % normal quantile
@@ -368,7 +369,7 @@ def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False)
     by_method = {}
     for r in current: by_method.setdefault(r.method, []).append(r)
     metrics = list(dict.fromkeys(m for r in current for m in r.metrics))
-    base = by_method.get(baseline)
+    base = by_method.get(baseline) or by_method.get(f"{baseline} [5 passes]")     # the randomized track labels pass rules
     rows = [{'method': m, 'seeds': len(rs), **{k: _summary(rs, k, base) for k in metrics}} for m, rs in by_method.items()]
     rows.sort(key=lambda r: (r['method'] != baseline, r['method']))
     p = current[0].provenance
@@ -391,10 +392,181 @@ def leaderboard_text(root='results', protocol:str|None=None, fmt:str='md', basel
         out.append({'md': lb.to_markdown, 'csv': lb.to_csv, 'html': lb.to_html}[fmt]())
     return '\n\n'.join(out)
 
+# %% ../nbs/17_results.ipynb #de3bd81d
+@dataclass(frozen=True)
+class Scale:
+    "Sizes for regenerating the leaderboard: data, model, training epochs, evaluation n and seeds."
+    name: str
+    data: dict                  # TrainConfig data fields: dataset, channels, img_size, n_train
+    model: dict                 # preset, patch_size
+    pretrain: dict              # epochs, batch_size, lr, warmup_epochs, augment
+    finetune_epochs: int|None   # None: the protocol's budget
+    n: int|None                 # None: the protocol's n (≥ 1000; ≥ 500 randomized)
+    seeds: int                  # seeds of the baseline, the control and the headline methods
+    sigmas: tuple = (70.,)      # De³ σ for the randomized track
+
+SCALES = Registry('scale')
+for _s in [
+    Scale('micro', dict(dataset='fashion-mnist', channels=1, img_size=32, n_train=256), dict(preset='micro', patch_size=8),
+          dict(epochs=1, batch_size=64, lr=1.5e-3, warmup_epochs=0, augment='none'), finetune_epochs=1, n=16, seeds=1),
+    Scale('small', dict(dataset='fashion-mnist', channels=1, img_size=32, n_train=None), dict(preset='micro', patch_size=4),
+          dict(epochs=4, batch_size=256, lr=1.5e-3, warmup_epochs=0.5, augment='flip'), finetune_epochs=None, n=None, seeds=3),
+    Scale('paper', dict(dataset='cifar10', channels=3, img_size=32, n_train=None), dict(preset='tiny', patch_size=2),
+          dict(epochs=800, batch_size=512, blr=1.5e-4, warmup_epochs=40, augment='mae'), finetune_epochs=100, n=None, seeds=3,
+          sigmas=(70., 140.)),
+]: SCALES[_s.name] = _s
+
+@dataclass(frozen=True)
+class Method:
+    "A leaderboard row: how the model is pretrained (None: from scratch), for which protocols, and whether it is a headline."
+    name: str
+    pretext: str|None
+    args: dict = field(default_factory=dict)
+    protocols: tuple = ('clean-ft',)
+    headline: bool = False      # the baseline, the control and each paper's headline method get `scale.seeds` seeds
+    paper: str = ''
+
+METHODS = [
+    Method('mae', 'mae', protocols=('clean-ft', 'adv-ft', 'randomized'), headline=True, paper='baseline'),
+    Method('scratch', None, protocols=('clean-ft', 'adv-ft'), headline=True, paper='control'),
+    Method('adv-bert', 'adv-bert', headline=True, paper='Huang et al.'),
+    Method('perceptual-mae', 'perceptual-mae', paper='Huang et al.'),
+    Method('mimir', 'mimir', protocols=('adv-ft', 'clean-ft'), headline=True, paper='MIMIR'),
+    Method('mimir-renyi', 'mimir', {'mi': 'renyi'}, protocols=('adv-ft',), paper='MIMIR'),
+    Method('adv-mae', 'adv-mae', protocols=('clean-ft', 'adv-ft'), headline=True, paper='Rebuffi et al.'),
+    Method('rotnet', 'rotnet', paper='Rebuffi et al.'), Method('adv-rotnet', 'adv-rotnet', paper='Rebuffi et al.'),
+    Method('byol', 'byol', paper='Rebuffi et al.'), Method('adv-byol', 'adv-byol', paper='Rebuffi et al.'),
+    Method('nim', 'nim', {'sigma': 'gamma:25,3'}, paper='NIM'),
+    Method('de3', 'nim', {'sigma': 'gamma:25,3'}, protocols=('randomized',), headline=True, paper='NIM'),
+    Method('mae-plus', 'mae-plus', paper='AdPE'),
+    Method('adpe-rpe-coord', 'adpe-rpe-coord', headline=True, paper='AdPE'),
+    Method('adpe-rpe-emb', 'adpe-rpe-emb', paper='AdPE'), Method('adpe-ape-emb', 'adpe-ape-emb', paper='AdPE'),
+    Method('adpe-ape-coord', 'adpe-ape-coord', paper='AdPE'),
+]
+
+@dataclass
+class Job:
+    "One leaderboard entry to produce: (protocol, method, seed), its run configs and what to evaluate."
+    protocol: str
+    method: Method
+    seed: int
+    pretrain: object|None       # TrainConfig or None
+    finetune: object            # TrainConfig
+    sigma: float|None = None
+    @property
+    def label(self) -> str: return self.method.name if self.sigma is None else f"{self.method.name} σ={self.sigma:g}"
+
+def plan_jobs(scale='small', protocols=None, methods=None, out='runs', data_root=None) -> list:
+    "The jobs that make the leaderboard at `scale` (optionally only some protocols/methods), with their run configs."
+    from mimbench.train import TrainConfig, run_dir
+    scale = SCALES[scale] if isinstance(scale, str) else scale
+    protocols = [PROTOCOLS[p].name for p in (protocols or ['clean-ft', 'adv-ft', 'randomized'])]
+    known = {m.name for m in METHODS}
+    for m in methods or []:
+        if m not in known: raise ValueError(f"Unknown leaderboard method {m!r}; known: {', '.join(sorted(known))}.")
+    jobs = []
+    for prot in protocols:
+        P = PROTOCOLS[prot]
+        for m in METHODS:
+            if prot not in m.protocols or (methods and m.name not in methods): continue
+            for seed in range(scale.seeds if m.headline else 1):
+                common = dict(**scale.data, **scale.model, data_root=data_root, seed=seed, out=out, progress=False)
+                pre = None if m.pretext is None else TrainConfig(task='pretrain', recipe=m.pretext, recipe_args=dict(m.args),
+                                                                  **scale.pretrain, **common)
+                ft = {k: v for k, v in P.finetune.items()}
+                ft_recipe, ft_args = ft.pop('recipe'), ft.pop('recipe_args', {})
+                if scale.finetune_epochs is not None: ft['epochs'] = scale.finetune_epochs
+                if pre is None: ft['epochs'] = ft['epochs'] + scale.pretrain['epochs']   # same total compute, all supervised
+                if ft_recipe == 'de3':
+                    if m.name != 'de3': ft_recipe, ft_args = 'ce', {}          # the undefended control of the randomized track
+                    else: ft_args = {**ft_args, 'denoiser': str(run_dir(pre))}
+                fcfg = TrainConfig(task='finetune', recipe=ft_recipe, recipe_args=ft_args,
+                                   init=None if pre is None else str(run_dir(pre)), eval_split=None, **ft, **common)
+                sigmas = scale.sigmas if ft_recipe == 'de3' else (None,)
+                jobs += [Job(prot, m, seed, pre, fcfg, s) for s in sigmas]
+    return jobs
+
+# %% ../nbs/17_results.ipynb #ddfdf982
+def scaled_protocol(name:str, scale:Scale) -> Protocol:
+    "The protocol `name` with the scale's evaluation n (the micro scale evaluates a handful of images)."
+    return PROTOCOLS[name] if scale.n is None else replace(PROTOCOLS[name], n=scale.n)
+
+def _existing(records, job:Job, scale:Scale, run_hash:str, digest:str):
+    "The current record of `job`, if one exists."
+    label_prefix, phash = job.label, scaled_protocol(job.protocol, scale).settings_hash()
+    for r in records:
+        if (r.protocol['name'] == job.protocol and r.protocol['hash'] == phash
+                and r.method.split(' [')[0] == label_prefix and r.seed == job.seed and not r.is_stale(digest)
+                and any(run.get('config_hash') == run_hash for run in r.evaluated.get('runs', []))):
+            return r
+    return None
+
+def _evaluate_job(job:Job, scale:Scale, root, data_root, progress):
+    "Evaluate a job's fine-tuned run (or its De³ pipeline) under its protocol; returns the records."
+    from mimbench.train import run_dir
+    ft_dir = run_dir(job.finetune)
+    protocol = scaled_protocol(job.protocol, scale)
+    if job.sigma is None:
+        return evaluate_protocol(str(ft_dir), protocol, job.label, job.seed, recipe=job.method.pretext or 'scratch',
+                                 root=root, data_root=data_root, progress=progress)
+    from mimbench.defenses import build_defense
+    pre_dir = run_dir(job.pretrain)
+    model = build_defense('de3', str(pre_dir), str(ft_dir), sigma=job.sigma)
+    ev = {'runs': [describe_run(pre_dir), describe_run(ft_dir)], 'defense': 'de3', 'sigma': job.sigma}
+    return evaluate_protocol(model, protocol, job.label, job.seed, recipe='de3', evaluated=ev, root=root,
+                             dataset=job.finetune.dataset, data_root=data_root, progress=progress)
+
+def run_leaderboard(scale='small', protocols=None, methods=None, root='results', out='runs', data_root=None,
+                    max_minutes:float|None=None, dry_run:bool=False, progress:bool=True, log=print) -> dict:
+    "Train, fine-tune and evaluate whatever records of the plan are missing; returns stage timings and what was done."
+    from mimbench.train import train, run_dir
+    scale = SCALES[scale] if isinstance(scale, str) else scale
+    jobs = plan_jobs(scale, protocols, methods, out, data_root)
+    digest, records = package_digest(), load_records(root)
+    todo = [j for j in jobs if _existing(records, j, scale, run_dir(j.finetune).name.rsplit('-', 1)[-1], digest) is None]
+    log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
+    if dry_run:
+        for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")
+        return {'todo': len(todo), 'done': 0, 'seconds': {}}
+    seconds, t_start, done = {'pretrain': [], 'finetune': [], 'evaluate': []}, time.time(), 0
+    def eta(i):
+        per = {k: (np.mean(v) if v else None) for k, v in seconds.items()}
+        if any(v is None for v in per.values()): return 'time left: unknown until one job of each stage has run'
+        left = sum(per.values()) * (len(todo) - i)
+        return f"time left ≈ {left / 3600:.1f} h (pretraining is shared between jobs, so this is an upper bound)"
+    for i, j in enumerate(todo):
+        if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
+            log(f"stopping after {done} jobs: --max-minutes {max_minutes:g} reached; run the same command again to go on"); break
+        log(f"[{i + 1}/{len(todo)}] {j.protocol} · {j.label} · seed {j.seed} — {eta(i)}")
+        for stage, cfg in (('pretrain', j.pretrain), ('finetune', j.finetune)):
+            if cfg is None: continue
+            t0 = time.time(); cached = (run_dir(cfg) / 'result.json').exists()
+            train(cfg)
+            if not cached: seconds[stage].append(time.time() - t0)
+        t0 = time.time()
+        for rec in _evaluate_job(j, scale, root, data_root, progress):
+            log(f"    record {rec.key}: " + ', '.join(f"{k} {100 * v:.1f}%" for k, v in rec.metrics.items()))
+        seconds['evaluate'].append(time.time() - t0); done += 1
+    return {'todo': len(todo), 'done': done, 'seconds': {k: [round(s, 1) for s in v] for k, v in seconds.items()},
+            'wall': round(time.time() - t_start, 1)}
+
+# %% ../nbs/17_results.ipynb #659e9f4c
 @call_parse
 def cli_leaderboard(protocol:str=None,          # one protocol (default: every protocol with records)
                     root:str='results',         # folder of result records
                     format:str='md',            # md, csv or html
-                    baseline:str='mae'):        # the method every Δ is measured against
-    "Print the leaderboard (one table per protocol) generated from the result records in `results/`."
+                    baseline:str='mae',         # the method every Δ is measured against
+                    run:store_true=False,         # first train, fine-tune and evaluate the missing records of the plan
+                    scale:str='small',          # with --run: micro, small (the CPU default) or paper
+                    methods:str=None,           # with --run: only these methods, comma-separated (default: all)
+                    out:str='runs',             # with --run: the run folder (the run cache)
+                    data_root:str=None,         # with --run: folder of a dataset that is not embedded (paper: CIFAR-10)
+                    max_minutes:float=None,     # with --run: stop between jobs after this long; the same command goes on
+                    dry_run:store_true=False,     # with --run: list the jobs that would run, run nothing
+                    no_progress:store_true=False):  # hide progress bars
+    "Print the leaderboard (one table per protocol) generated from the result records; `--run` makes the missing ones."
+    if run:
+        run_leaderboard(scale, [protocol] if protocol else None, methods.split(',') if methods else None, root, out,
+                        data_root, max_minutes, dry_run, progress=not no_progress)
+        if dry_run: return
     print(leaderboard_text(root, protocol, format, baseline))
