@@ -119,8 +119,8 @@ def register_protocol(p:Protocol) -> Protocol: PROTOCOLS[p.name] = p; return p
 _AA_STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 _FT_BUDGET = dict(epochs=10, batch_size=256, lr=2e-3, warmup_epochs=1, layer_decay=0.75, augment='flip',
                   recipe_args={'label_smoothing': 0.1})
-register_protocol(Protocol('clean-ft', 'Cross-entropy fine-tuning; clean, corruptions (12 × 5), AutoAttack standard ℓ∞ 2/255.',
-                           finetune={'recipe': 'ce', **_FT_BUDGET}, attacks=_AA_STANDARD, eps=('2/255',), n=1000,
+register_protocol(Protocol('clean-ft', 'Cross-entropy fine-tuning; clean, corruptions (12 × 5), AutoAttack standard ℓ∞ 4/255.',
+                           finetune={'recipe': 'ce', **_FT_BUDGET}, attacks=_AA_STANDARD, eps=('4/255',), n=1000,
                            corruptions='all'))
 register_protocol(Protocol('adv-ft', 'PGD-10 adversarial fine-tuning (ε 8/255, α 2/255); AutoAttack standard ℓ∞ 8/255 + adaptive attacks.',
                            finetune={'recipe': 'pgd-at', **{k: v for k, v in _FT_BUDGET.items() if k != 'recipe_args'}},
