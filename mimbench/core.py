@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2815e209
 from __future__ import annotations
-import dataclasses, difflib, hashlib, json, os, random, re, tempfile
+import argparse, dataclasses, difflib, hashlib, importlib, importlib.util, json, os, pkgutil, random, re, sys, tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
@@ -14,8 +14,9 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['DATASET_STATS', 'NORMS', 'ImageError', 'check_images', 'Normalize', 'default_normalize', 'check_norm', 'parse_eps',
-           'format_eps', 'seed_everything', 'get_device', 'config_dict', 'config_hash', 'Registry', 'atomic_write',
-           'write_json']
+           'format_eps', 'seed_everything', 'get_device', 'config_dict', 'config_hash', 'package_modules', 'importing',
+           'load_package', 'Registry', 'module_source', 'module_closure', 'code_version', 'code_changes',
+           'field_parser', 'config_fields', 'add_config_options', 'config_options', 'atomic_write', 'write_json']
 
 # %% ../nbs/00_core.ipynb #03d2ac46
 class ImageError(ValueError):
@@ -119,18 +120,169 @@ def config_hash(cfg, exclude=(), n:int=10) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:n]
 
 # %% ../nbs/00_core.ipynb #8e8c1e65
+def package_modules(package:str) -> list:
+    "Names of the public modules of `package`, found on its `__path__` (a module file added there is found too)."
+    pkg = importlib.import_module(package)
+    return sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith('_'))
+
+def importing(package:str) -> bool:
+    "Is a module of `package` being imported right now?"
+    return any(getattr(getattr(m, '__spec__', None), '_initializing', False)
+               for n, m in list(sys.modules.items()) if n == package or n.startswith(package + '.'))
+
+_loaded = {}                                              # package → (its folders' mtimes, {module: import error})
+
+def load_package(package:str) -> dict:
+    "Import every module of `package` once (again only when a file was added); returns {module: error} for failures."
+    pkg = importlib.import_module(package)
+    stamp = tuple((d, os.stat(d).st_mtime_ns) for d in pkg.__path__ if os.path.isdir(d))
+    if package in _loaded and _loaded[package][0] == stamp: return _loaded[package][1]
+    if importing(package): return {}                      # mid-import: answer with what exists so far, retry later
+    failed = {}
+    _loaded[package] = (stamp, failed)                    # set first: a lookup during these imports must not recurse
+    for name in package_modules(package):
+        if name in sys.modules: continue
+        try: importlib.import_module(name)
+        except Exception as e: failed[name] = f"{type(e).__name__}: {e}"
+    return failed
+
+def _caller_package(depth:int=2):
+    name = sys._getframe(depth).f_globals.get('__name__', '')
+    return name.split('.')[0] if '.' in name else None    # a registry made in a notebook or script discovers nothing
+
+# %% ../nbs/00_core.ipynb #c4df2598
 class Registry(dict):
-    "A name → object mapping whose misses say what exists and what was probably meant."
-    def __init__(self, kind:str): super().__init__(); self.kind = kind
+    "A name → object mapping that finds its package's entries by itself and whose misses say what exists."
+    def __init__(self, kind:str, package:str|None=None):
+        super().__init__(); self.kind, self.package = kind, package or _caller_package()
     def register(self, name:str|None=None):
         "Decorator that registers a function or class under `name` (default: its `__name__`)."
         def _reg(obj): self[name or obj.__name__] = obj; return obj
         return _reg
+    def load_all(self) -> dict:
+        "Import the package's modules so that everything it defines is registered; returns the modules that failed."
+        return load_package(self.package) if self.package else {}
     def __missing__(self, name):
+        failed = self.load_all()
+        if dict.__contains__(self, name): return dict.__getitem__(self, name)
         close = difflib.get_close_matches(str(name), list(self), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self))}.")
+        broken = f" (Not imported: {'; '.join(f'{m}: {e}' for m, e in failed.items())}.)" if failed else ""
+        raise KeyError(f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self))}.{broken}")
+    def __contains__(self, name):
+        if dict.__contains__(self, name): return True
+        self.load_all(); return dict.__contains__(self, name)
+    def get(self, name, default=None): return self[name] if name in self else default
+    def __iter__(self): self.load_all(); return dict.__iter__(self)
+    def __len__(self): self.load_all(); return dict.__len__(self)
+    def keys(self): self.load_all(); return dict.keys(self)
+    def values(self): self.load_all(); return dict.values(self)
+    def items(self): self.load_all(); return dict.items(self)
     def __repr__(self): return f"Registry({self.kind}: {', '.join(sorted(self))})"
+
+# %% ../nbs/00_core.ipynb #564e9d80
+_IMPORT_RE = re.compile(r'^\s*(?:from\s+(\.|{pkg}\.)(\w+)\s+import|import\s+{pkg}\.(\w+))', re.M)
+
+def module_source(name:str) -> str|None:
+    "The source text of module `name` (without importing it), or None when it has none (a notebook, a C extension)."
+    try: spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError): return None
+    if spec is None or not spec.origin or not spec.origin.endswith('.py') or not os.path.exists(spec.origin): return None
+    return Path(spec.origin).read_text()
+
+def module_closure(roots, package:str='mimbench') -> list:
+    "`roots` and every module of `package` they import (statically, also inside functions), sorted."
+    rx = re.compile(_IMPORT_RE.pattern.format(pkg=re.escape(package)), re.M)
+    seen, todo = set(), [r for r in roots if r]
+    while todo:
+        name = todo.pop()
+        if name in seen or (src := module_source(name)) is None: continue
+        seen.add(name)
+        for rel, mod, mod2 in rx.findall(src):
+            dep = f"{package}.{mod or mod2}"
+            if rel == '.' and not name.startswith(package + '.'): continue   # a relative import of another package
+            todo.append(dep)
+    return sorted(seen)
+
+def _digest(text:str, n:int=12) -> str: return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+def code_version(modules, package:str='mimbench') -> dict:
+    "Package version, one digest over `modules`' sources, and each module's own digest."
+    mods = {m: _digest(module_source(m) or '') for m in sorted(modules)}
+    return {'version': getattr(importlib.import_module(package), '__version__', None),
+            'digest': _digest(json.dumps(mods, sort_keys=True)), 'modules': mods}
+
+def code_changes(recorded:dict|None, package:str='mimbench') -> list:
+    "What differs between a recorded `code_version` and the code installed now (empty: the same code)."
+    if not recorded: return ['no code version recorded (made before mimbench recorded one)']
+    now = code_version(recorded.get('modules', {}), package)
+    out = [f"version {recorded.get('version')} → {now['version']}"] if recorded.get('version') != now['version'] else []
+    return out + [f"{m} changed" for m, d in recorded.get('modules', {}).items() if now['modules'][m] != d]
+
+# %% ../nbs/00_core.ipynb #b1c8eb49
+def _base_type(anno) -> tuple:
+    "('int'|'float'|…, optional?) from a field annotation such as `'int|None'`."
+    s = anno if isinstance(anno, str) else getattr(anno, '__name__', str(anno))
+    parts = [p.strip() for p in s.replace('Optional[', '').rstrip(']').split('|')]
+    return next((p for p in parts if p != 'None'), 'str'), 'None' in parts or 'Optional' in s
+
+def _scalar(typ:str, name:str):
+    conv = {'int': int, 'float': float, 'str': str}.get(typ, str)
+    def parse(s):
+        try: return conv(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"--{name} must be {'an' if typ == 'int' else 'a'} {typ}, got {s!r}.") from None
+    return parse
+
+def field_parser(f:dataclasses.Field, default=None):
+    "A function turning the command-line string for field `f` into its value."
+    typ, optional = _base_type(f.type)
+    def parse(s:str):
+        if optional and s.strip().lower() in ('none', 'null', ''): return None
+        if typ == 'dict':
+            try: v = json.loads(s) if s.strip() else {}
+            except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"--{f.name} must be JSON, e.g. '{{\"depth\": 6}}': {e}") from None
+            if not isinstance(v, dict): raise argparse.ArgumentTypeError(f"--{f.name} must be a JSON object, got {s!r}.")
+            return v
+        if typ in ('tuple', 'list'):
+            try: v = json.loads(s) if s.strip().startswith('[') else [json.loads(p) for p in s.split(',')]
+            except json.JSONDecodeError: raise argparse.ArgumentTypeError(f"--{f.name} takes comma-separated values, e.g. 0.9,0.95; got {s!r}.") from None
+            return tuple(v) if typ == 'tuple' else list(v)
+        return _scalar(typ, f.name)(s)
+    return parse
+
+def config_fields(cls) -> dict:
+    "{name: (field, help text)} of a config dataclass, the help from each field's trailing comment."
+    from fastcore.docments import docments
+    docs = docments(cls)
+    return {f.name: (f, docs.get(f.name) or '') for f in dataclasses.fields(cls)}
+
+def _field_default(f:dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+def add_config_options(parser, cls, defaults:dict|None=None, skip=()):
+    "Add one option per field of dataclass `cls` to an argparse `parser` (defaults from `defaults`, else the field's)."
+    defaults = defaults or {}
+    for name, (f, doc) in config_fields(cls).items():
+        if name in skip: continue
+        d = defaults.get(name, _field_default(f))
+        typ, _ = _base_type(f.type)
+        if typ == 'bool':
+            flag = f.metadata.get('cli', f"no_{name}" if d else name)
+            parser.add_argument(f"--{flag}", dest=name, action='store_false' if d else 'store_true', default=d,
+                                help=f"switch off: {doc or name}" if d else doc or name)
+            continue
+        flags = [f"--{name}"] + ([f"--{f.metadata['cli']}"] if 'cli' in f.metadata else [])
+        shown = json.dumps(d) if typ == 'dict' else ','.join(map(str, d)) if isinstance(d, (tuple, list)) else d
+        hint = {'dict': ' (JSON)', 'tuple': ' (comma-separated)', 'list': ' (comma-separated)'}.get(typ, '')
+        parser.add_argument(*flags, dest=name, type=field_parser(f), default=d, metavar=typ.upper(),
+                            help=f"{doc or name}{hint}" + ('' if '(default:' in doc else f" (default: {shown})"))
+    return parser
+
+def config_options(cls, defaults:dict|None=None, skip=()) -> list:
+    "The options `add_config_options` makes, as (flags, field name, default, help) rows, for documentation."
+    import argparse
+    p = add_config_options(argparse.ArgumentParser(add_help=False), cls, defaults, skip)
+    return [(a.option_strings, a.dest, a.default, a.help) for a in p._actions]
 
 # %% ../nbs/00_core.ipynb #cf7a8cee
 def atomic_write(path, write_fn:Callable[[Path], Any]):

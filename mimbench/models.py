@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from .core import Registry, check_images, default_normalize, atomic_write
 
 # %% auto #0
-__all__ = ['PRESETS', 'MODEL_BUILDERS', 'MODEL_KIND_MODULES', 'CLASSIFIER_KINDS', 'ViTSize', 'check_patch_size', 'patchify',
-           'unpatchify', 'random_masking', 'sincos_pos_embed', 'grid_coords', 'sincos_table', 'ViT', 'record_attention',
+__all__ = ['PRESETS', 'MODEL_BUILDERS', 'CLASSIFIER_KINDS', 'ViTSize', 'check_patch_size', 'patchify', 'unpatchify',
+           'random_masking', 'sincos_pos_embed', 'grid_coords', 'sincos_table', 'ViT', 'record_attention',
            'init_weights', 'timm_state_dict', 'to_timm', 'MAE', 'per_sample_masked_mean', 'create_mae', 'create_vit',
            'vit_from_mae', 'load_encoder', 'vit_with_new_head', 'build_model', 'CheckpointError', 'save_model',
            'read_checkpoint', 'load_weights', 'load_model']
@@ -339,15 +339,12 @@ def vit_with_new_head(vit:ViT, num_classes:int=10, global_pool:str|None=None, dr
 
 MODEL_BUILDERS = Registry('model kind')        # checkpoint `kind` → function rebuilding the model from its config
 MODEL_BUILDERS.update({'mae': create_mae, 'vit': create_vit})
-# Kinds defined by later modules: imported on first use so a fresh process can load any mimbench checkpoint.
-MODEL_KIND_MODULES = {'adpe-mae': 'mimbench.adpe', 'rpe-vit': 'mimbench.adpe', 'byol': 'mimbench.pretexts'}
+# Kinds of later modules (adpe-mae, byol, …) are found by the registry itself, so a fresh process loads any checkpoint.
 CLASSIFIER_KINDS = ('vit', 'rpe-vit')           # kinds that map images to logits: what `eval`, `ttfp` and attacks accept
 
 def build_model(config:dict):
     "Rebuild a model from its `config` (as stored in checkpoints)."
     c = dict(config); kind = c.pop('kind', None)
-    if kind not in MODEL_BUILDERS and kind in MODEL_KIND_MODULES:
-        import importlib; importlib.import_module(MODEL_KIND_MODULES[kind])
     if kind not in MODEL_BUILDERS:
         raise ValueError(f"Cannot build a model of kind {kind!r}; known kinds: {sorted(MODEL_BUILDERS)}.")
     return MODEL_BUILDERS[kind](**c)

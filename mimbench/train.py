@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #f96a2437
 from __future__ import annotations
-import contextlib, dataclasses, json, math, numbers, os, time
+import contextlib, dataclasses, hashlib, json, math, numbers, os, time, uuid, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -14,58 +14,59 @@ from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .core import Registry, atomic_write, config_dict, config_hash, get_device, seed_everything, write_json
+from .core import (Registry, atomic_write, config_dict, config_hash, get_device, seed_everything, write_json,
+                           code_version, code_changes, module_closure)
 from .data import get_dataset, load_batch, subset, AUGMENTATIONS
 from .models import (CheckpointError, build_model, load_model, load_weights, save_model, create_vit,
                              vit_with_new_head)
 from .mim import PRETEXTS, unwrap
 
 # %% auto #0
-__all__ = ['NOT_HASHED', 'FINETUNE_OBJECTIVES', 'RECIPE_MODULES', 'TrainConfig', 'run_dir', 'CrossEntropy', 'layer_id',
-           'param_groups', 'lr_at', 'epoch_batches', 'step_seed', 'save_checkpoint', 'load_checkpoint', 'Run',
-           'read_metrics', 'set_input_checks', 'load_init', 'load_recipe_modules', 'build_run', 'train_data',
-           'run_lock', 'train', 'accuracy', 'plot_curves']
+__all__ = ['NOT_HASHED', 'FINETUNE_OBJECTIVES', 'STALE_POLICIES', 'TrainConfig', 'init_key', 'run_hash', 'run_dir',
+           'CrossEntropy', 'layer_id', 'param_groups', 'lr_at', 'epoch_batches', 'step_seed', 'save_checkpoint',
+           'load_checkpoint', 'Run', 'read_metrics', 'set_input_checks', 'load_init', 'build_run', 'train_data',
+           'StaleRunError', 'run_code', 'stale_reasons', 'set_aside', 'run_lock', 'train', 'accuracy', 'plot_curves']
 
 # %% ../nbs/04_train.ipynb #1c77ad31
 @dataclass
 class TrainConfig:
     "Everything that defines a training run (pretraining or fine-tuning)."
     task: str = 'pretrain'                 # 'pretrain' or 'finetune'
-    recipe: str = 'mae'                    # a PRETEXTS name (pretrain) or a FINETUNE_OBJECTIVES name (finetune)
-    recipe_args: dict = field(default_factory=dict)  # e.g. {'mask_ratio': 0.75}
-    dataset: str = 'fashion-mnist'
-    data_root: str|None = None
-    channels: int = 1
-    img_size: int = 32
-    n_train: int|None = None               # use a seeded subset of the training set
-    preset: str = 'micro'
-    patch_size: int = 4
-    model_args: dict = field(default_factory=dict)   # preset overrides, e.g. {'depth': 6}
-    num_classes: int = 10
-    global_pool: str = 'token'
-    drop_path: float = 0.
-    init: str|None = None                  # finetune: a pretraining run directory or checkpoint to start from
-    epochs: int = 1
+    recipe: str = 'mae'                    # a PRETEXTS name (pretrain) or a FINETUNE_OBJECTIVES name (finetune), see `mimbench info`
+    recipe_args: dict = field(default_factory=dict, metadata={'cli': 'args'})  # recipe arguments, e.g. {"mask_ratio": 0.75}
+    dataset: str = 'fashion-mnist'         # dataset name, see `mimbench info`
+    data_root: str|None = None             # local folder for datasets that are not embedded
+    channels: int = 1                      # 1 or 3 image channels
+    img_size: int = 32                     # image side in pixels
+    n_train: int|None = None               # train on a seeded subset of this many images
+    preset: str = 'micro'                  # model preset: micro, tiny, small, base (when not starting from --init)
+    patch_size: int = 4                    # patch side in pixels (must divide img_size)
+    model_args: dict = field(default_factory=dict)   # preset overrides, e.g. {"depth": 6}
+    num_classes: int = 10                  # classes of the classifier head (fine-tuning)
+    global_pool: str = 'token'             # classifier pooling: 'token' (cls token) or 'avg' (mean of patch tokens)
+    drop_path: float = 0.                  # stochastic depth rate of the last block (fine-tuning)
+    init: str|None = None                  # a run directory or checkpoint to start from (finetune: the pretraining run)
+    epochs: int = 1                        # training epochs
     batch_size: int = 256                  # global batch (split across DDP ranks)
     blr: float = 1.5e-4                    # base lr; lr = blr * batch_size / 256 (MAE convention)
     lr: float|None = None                  # absolute lr (overrides blr)
-    min_lr: float = 0.
-    warmup_epochs: float = 0.
-    weight_decay: float = 0.05
-    betas: tuple = (0.9, 0.95)
-    layer_decay: float|None = None         # layer-wise lr decay (fine-tuning), e.g. 0.75
-    clip_grad: float|None = None
-    augment: str = 'none'                  # an AUGMENTATIONS name
-    seed: int = 0
+    min_lr: float = 0.                     # lr at the end of the cosine schedule
+    warmup_epochs: float = 0.              # linear warmup length in epochs
+    weight_decay: float = 0.05             # AdamW weight decay (not on norms, biases and tokens)
+    betas: tuple = (0.9, 0.95)             # AdamW betas
+    layer_decay: float|None = None         # layer-wise lr decay (fine-tuning), e.g. 0.75; none: no decay
+    clip_grad: float|None = None           # clip the gradient norm to this value
+    augment: str = 'none'                  # augmentation: none, flip, mae, finetune
+    seed: int = 0                          # random seed
     amp: bool = True                       # bf16 autocast on CUDA (ignored on CPU)
-    eval_split: str|None = 'test'          # finetune: accuracy on this split after each epoch
-    n_eval: int|None = None
-    # -- not part of the run's identity --
-    out: str = 'runs'
+    eval_split: str|None = 'test'          # finetune: accuracy on this split after each epoch (none: no evaluation)
+    n_eval: int|None = None                # evaluate on the first N images of eval_split (default: all)
+    # -- not part of the run's identity (NOT_HASHED) --
+    out: str = 'runs'                      # folder holding run directories
     ckpt_every: int = 0                    # also checkpoint every N steps (0: once per epoch)
-    log_every: int = 20
-    progress: bool = True
-    device: str|None = None
+    log_every: int = 20                    # log the mean metrics every N steps
+    progress: bool = True                  # show progress bars
+    device: str|None = None                # cpu, cuda, cuda:1 … (default: the best available)
 
     def __post_init__(self):
         "Refuse settings that cannot train, with the setting's name, before any data or model is built."
@@ -79,13 +80,37 @@ class TrainConfig:
             if getattr(self, name) < 0: raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}.")
         if self.lr is not None and self.lr < 0: raise ValueError(f"lr must be ≥ 0, got {self.lr!r}.")
         if not 0 <= self.drop_path < 1: raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}.")
+        if len(tuple(self.betas)) != 2: raise ValueError(f"betas must be two numbers, got {self.betas!r}.")
         if self.device: get_device(self.device)              # a CUDA device that does not exist fails here, not mid-run
 
 NOT_HASHED = ('out', 'ckpt_every', 'log_every', 'progress', 'device')
 
+# %% ../nbs/04_train.ipynb #8c06cd62
+def _file_digest(p:Path, n:int=16) -> str:
+    h = hashlib.sha256()
+    with open(p, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()[:n]
+
+def init_key(init:str|None) -> str|None:
+    "What names the starting point `init` in a run's hash: the starting run's config hash, or a checkpoint's content digest."
+    if not init: return init
+    p = Path(init)
+    d = p if p.is_dir() else p.parent
+    if (d / 'config.json').exists():
+        rec = json.loads((d / 'config.json').read_text())
+        key = f"run:{rec.get('run_hash') or d.name.rsplit('-', 1)[-1]}"
+        return key if p.is_dir() or p.name == 'model.safetensors' else f"{key}:{p.name}"
+    if p.is_file(): return f"file:{_file_digest(p)}"
+    return str(init)                                      # missing: training stops with a clear error later
+
+def run_hash(cfg:TrainConfig) -> str:
+    "The config hash that names `cfg`'s run directory (output settings excluded, `init` by its `init_key`)."
+    return config_hash({**config_dict(cfg), 'init': init_key(cfg.init)}, NOT_HASHED)
+
 def run_dir(cfg:TrainConfig) -> Path:
     "The directory of the run described by `cfg`."
-    return Path(cfg.out) / f"{cfg.task}-{cfg.recipe}-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.preset}-{config_hash(cfg, NOT_HASHED)}"
+    return Path(cfg.out) / f"{cfg.task}-{cfg.recipe}-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.preset}-{run_hash(cfg)}"
 
 # %% ../nbs/04_train.ipynb #8ffa4167
 FINETUNE_OBJECTIVES = Registry('fine-tuning objective')
@@ -214,19 +239,8 @@ def load_init(path):
         p = p / 'model.safetensors'
     return load_model(p)[0]
 
-RECIPE_MODULES = ('mimbench.defenses', 'mimbench.pretexts', 'mimbench.adversarial', 'mimbench.adpe')
-
-def load_recipe_modules():
-    "Import the later modules that register more pretexts and fine-tuning objectives (those that exist)."
-    import importlib
-    for m in RECIPE_MODULES:
-        try: importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if e.name != m: raise
-
 def build_run(cfg:TrainConfig):
-    "Model and objective for `cfg`."
-    load_recipe_modules()
+    "Model and objective for `cfg` (the registries find recipes of any mimbench module by themselves)."
     if cfg.task == 'pretrain':
         pretext = PRETEXTS[cfg.recipe](**cfg.recipe_args)
         model = load_init(cfg.init) if cfg.init else pretext.create_model(cfg.preset, cfg.img_size, cfg.patch_size, cfg.channels, **cfg.model_args)
@@ -251,6 +265,49 @@ def train_data(cfg:TrainConfig):
     return subset(ds, cfg.n_train, seed=cfg.seed) if cfg.n_train else ds
 
 # %% ../nbs/04_train.ipynb #6318d73f
+class StaleRunError(ValueError):
+    "A cached run made by other code, reused only with `stale='allow'` (`--allow-stale`)."
+
+STALE_POLICIES = ('retrain', 'refuse', 'allow')
+
+def run_code(cfg:TrainConfig, model=None, objective=None) -> dict:
+    "The `code_version` of a run: the trainer, the objective's and the model's modules and what they import."
+    roots = ['mimbench.train', type(objective).__module__ if objective is not None else None,
+             type(unwrap(model)).__module__ if model is not None else None]
+    return code_version(module_closure(roots))
+
+def _read_json(p:Path) -> dict:
+    try: return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError): return {}
+
+def _init_record(init) -> dict|None:
+    "Where the starting run lies and which training of it this is (`run_id`), to notice later that it was trained again."
+    if not init: return None
+    p = Path(init); d = p if p.is_dir() else p.parent
+    if not (d / 'config.json').exists(): return None
+    return {'dir': str(d.resolve()), 'run_id': _read_json(d / 'config.json').get('run_id')}
+
+def stale_reasons(d) -> list:
+    "Why the run in directory `d` is not what today's code would train (empty: it is current, or does not exist)."
+    p = Path(d) / 'config.json'
+    if not p.exists(): return []
+    rec = _read_json(p)
+    why = code_changes(rec.get('code'))
+    ir = rec.get('init_run')
+    if ir and (Path(ir['dir']) / 'config.json').exists():
+        if _read_json(Path(ir['dir']) / 'config.json').get('run_id') != ir.get('run_id'):
+            why.append(f"its starting run {Path(ir['dir']).name} was trained again since")
+        elif sub := stale_reasons(ir['dir']): why.append(f"its starting run {Path(ir['dir']).name} is stale ({'; '.join(sub)})")
+    return why
+
+def set_aside(d:Path) -> Path:
+    "Rename run directory `d` to `<name>.stale-<code digest>` (a free name), so it is kept but no longer found."
+    tag = (_read_json(d / 'config.json').get('code') or {}).get('digest') or 'old'
+    new, i = d.with_name(f"{d.name}.stale-{tag}"), 1
+    while new.exists(): new, i = d.with_name(f"{d.name}.stale-{tag}-{i}"), i + 1
+    return d.rename(new)
+
+# %% ../nbs/04_train.ipynb #1ed01aea
 @contextlib.contextmanager
 def run_lock(d:Path):
     "Exclusive lock on run directory `d` across processes (a second process asking for the same run waits for the first)."
@@ -263,18 +320,29 @@ def run_lock(d:Path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-def train(cfg:TrainConfig, force:bool=False) -> Run:
-    "Train (or resume, or return the cached result of) the run described by `cfg`."
+def train(cfg:TrainConfig, force:bool=False, stale:str='retrain') -> Run:
+    "Train (or resume, or return the cached result of) the run described by `cfg`; `stale`: what to do with a run of other code."
+    if stale not in STALE_POLICIES: raise ValueError(f"stale must be one of {STALE_POLICIES}, got {stale!r}.")
     d = run_dir(cfg)
-    if (d / 'result.json').exists() and not force:
+    if (d / 'result.json').exists() and not force and (stale == 'allow' or not stale_reasons(d)):
         return Run(d, cfg, json.loads((d / 'result.json').read_text()))
-    if _dist_info()[1] > 1: return _train(cfg, d, force)   # DDP ranks coordinate through their process group
-    with run_lock(d): return _train(cfg, d, force)        # same config in two processes: one trains, one reuses it
+    if _dist_info()[1] > 1: return _train(cfg, d, force, stale)   # DDP ranks coordinate through their process group
+    with run_lock(d): return _train(cfg, d, force, stale)        # same config in two processes: one trains, one reuses it
 
-def _train(cfg:TrainConfig, d:Path, force:bool) -> Run:
+def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
+    rank, world, local_rank = _dist_info()
+    why = [] if stale == 'allow' else stale_reasons(d)
+    if world > 1: dist.barrier()                           # every rank has read the record before rank 0 moves it
+    if why and stale == 'refuse' and not force:
+        raise StaleRunError(f"{d} was made by other code ({'; '.join(why)}). Train it again with stale='retrain' "
+                            f"(CLI: --stale retrain), or use it as it is with stale='allow' (CLI: --allow-stale).")
+    if why:
+        if rank == 0:
+            aside = set_aside(d)
+            warnings.warn(f"{d.name} was made by other code ({'; '.join(why)}); kept as {aside.name}, training it again.")
+        if world > 1: dist.barrier()
     if (d / 'result.json').exists() and not force:        # finished by another process while we waited
         return Run(d, cfg, json.loads((d / 'result.json').read_text()))
-    rank, world, local_rank = _dist_info()
     device = get_device(cfg.device) if world == 1 or not torch.cuda.is_available() else torch.device('cuda', local_rank)
     if cfg.batch_size % world: raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes.")
     seed_everything(cfg.seed)
@@ -295,7 +363,9 @@ def _train(cfg:TrainConfig, d:Path, force:bool) -> Run:
         if rank == 0: _truncate_metrics(d, step)
     elif rank == 0:
         d.mkdir(parents=True, exist_ok=True)
-        write_json(d / 'config.json', config_dict(cfg))
+        write_json(d / 'config.json', {**config_dict(cfg), 'run_hash': run_hash(cfg), 'run_id': uuid.uuid4().hex[:12],
+                                       'code': run_code(cfg, model, objective),
+                                       'init_run': _init_record(cfg.init)})
         (d / 'metrics.jsonl').unlink(missing_ok=True)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     aug = AUGMENTATIONS[cfg.augment]

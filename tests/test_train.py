@@ -164,3 +164,72 @@ def test_bad_images_for_models():
     with pytest.raises(ImageError, match='channel'): vit(torch.rand(2, 1, 32, 32))
     with pytest.raises(ImageError, match='32×32'): vit(torch.rand(2, 3, 28, 28))
     with pytest.raises(ImageError, match='N×C×H×W'): vit(torch.rand(3, 32, 32))
+
+# --- run identity: a starting run by its hash, and the code that made a run ---
+
+def _tiny(tmp_path, **kw):
+    return TrainConfig(**{'n_train': 64, 'batch_size': 64, 'epochs': 1, 'out': str(tmp_path / 'runs'), 'progress': False, **kw})
+
+def test_finetune_from_a_run_is_keyed_by_the_run_not_its_path(tmp_path, monkeypatch):
+    "Fails on the old code: the path string of --init was hashed, so ./runs/x, the absolute path or ../runs/x from another folder missed the cache."
+    pre = train(_tiny(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    rel = os.path.relpath(pre.dir)
+    ft = lambda init: _tiny(tmp_path, task='finetune', recipe='ce', init=init, n_eval=20)
+    first = train(ft(rel))
+    (tmp_path / 'elsewhere').mkdir(); monkeypatch.chdir(tmp_path / 'elsewhere')
+    for init in (str(pre.dir.resolve()), os.path.join('..', rel), os.path.join('..', rel) + '/', str(pre.dir / 'model.safetensors')):
+        assert run_dir(ft(init)) == first.dir, init
+    again = train(ft(os.path.join('..', rel)))
+    assert again.dir == first.dir and again.result == first.result          # cached, not trained again
+    assert len(list((tmp_path / 'runs').iterdir())) == 2
+
+def _pretend_other_code(d, module='mimbench.models'):
+    c = json.loads((d / 'config.json').read_text())
+    c['code']['modules'][module] = 'digest-of-older-code'
+    (d / 'config.json').write_text(json.dumps(c))
+
+def test_run_of_other_code_is_stale_and_not_silently_reused(tmp_path):
+    "Fails on the old code: the code was not recorded, and a run trained before a fix came back from the cache after it."
+    from mimbench.train import StaleRunError, stale_reasons
+    from mimbench.cli import info_text
+    cfg = _tiny(tmp_path)
+    run = train(cfg)
+    code = json.loads((run.dir / 'config.json').read_text())['code']
+    assert {'mimbench.train', 'mimbench.models', 'mimbench.core'} <= set(code['modules']) and code['version']
+    assert stale_reasons(run.dir) == [] and 'STALE' not in info_text(cfg.out)
+    _pretend_other_code(run.dir)
+    assert stale_reasons(run.dir) == ['mimbench.models changed']
+    assert 'STALE, made by other code: mimbench.models changed' in info_text(cfg.out)
+    with pytest.raises(StaleRunError, match='made by other code'): train(cfg, stale='refuse')
+    assert train(cfg, stale='allow').result == run.result                   # reused only when asked for
+    with pytest.warns(UserWarning, match='training it again'): again = train(cfg)   # default: train again, keep the old aside
+    assert again.dir == run.dir and stale_reasons(again.dir) == []
+    (aside,) = [p for p in (tmp_path / 'runs').iterdir() if '.stale-' in p.name]
+    assert (aside / 'model.safetensors').exists() and stale_reasons(aside) == ['mimbench.models changed']
+
+def test_run_from_before_code_versions_is_stale(tmp_path):
+    from mimbench.train import stale_reasons
+    run = train(_tiny(tmp_path))
+    c = json.loads((run.dir / 'config.json').read_text()); del c['code']
+    (run.dir / 'config.json').write_text(json.dumps(c))
+    assert 'no code version recorded' in stale_reasons(run.dir)[0]
+
+def test_finetune_on_a_retrained_pretraining_is_stale(tmp_path):
+    from mimbench.train import stale_reasons
+    pre_cfg = _tiny(tmp_path)
+    pre = train(pre_cfg)
+    ft = train(_tiny(tmp_path, task='finetune', recipe='ce', init=str(pre.dir), n_eval=20))
+    _pretend_other_code(pre.dir)
+    assert 'its starting run' in stale_reasons(ft.dir)[0] and 'is stale' in stale_reasons(ft.dir)[0]
+    with pytest.warns(UserWarning): train(pre_cfg)                           # the pretraining is trained again …
+    assert 'was trained again since' in stale_reasons(ft.dir)[0]            # … so what was built on it is stale too
+
+def test_cli_stale_choices(tmp_path):
+    from mimbench.cli import main
+    args = ['pretrain', '--n-train', '64', '--batch-size', '64', '--no-progress', '--out', str(tmp_path)]
+    assert main(args) == 0
+    (d,) = tmp_path.iterdir()
+    _pretend_other_code(d)
+    assert main(args + ['--stale', 'refuse']) == 1                          # one-line error, nothing touched
+    assert main(args + ['--allow-stale']) == 0 and len(list(tmp_path.iterdir())) == 1
