@@ -147,23 +147,9 @@ def layer_decay_sweep(cfg:TrainConfig, decays=(0.65, 0.75, 0.85, 0.95), label:st
     return sweep
 
 # %% ../nbs/16_corruptions.ipynb #0606bbe0
-@call_parse
-def cli_lr_sweep(init:str=None,                    # pretraining run directory or checkpoint (default: from scratch)
+def cli_lr_sweep(cfg:TrainConfig=dict(task='finetune', recipe='ce', blr=1e-3, augment='flip', eval_split=None),
                  decays:str='0.65,0.75,0.85,0.95', # layer-wise lr decays, comma-separated
                  label:str=None,                   # name of this pretraining in the table (default: the run's folder)
-                 recipe:str='ce',                  # fine-tuning objective
-                 dataset:str='fashion-mnist',      # dataset name
-                 data_root:str=None,               # folder for datasets that are not embedded
-                 channels:int=1,                   # 1 or 3 image channels
-                 n_train:int=None,                 # fine-tune on a seeded subset of this many images
-                 preset:str='micro',               # model preset when training from scratch
-                 patch_size:int=4,                 # patch side when training from scratch
-                 epochs:int=1,                     # fine-tuning epochs per decay
-                 batch_size:int=256,               # batch size
-                 lr:float=None,                    # absolute learning rate (default: blr * batch_size / 256)
-                 blr:float=1e-3,                   # base learning rate
-                 warmup_epochs:float=0.,           # linear warmup in epochs
-                 augment:str='flip',               # augmentation: none, flip, mae, finetune
                  corruptions:str='all',            # corruption names, comma-separated, 'all', or 'none'
                  severities:str='1,3,5',           # corruption severities
                  attacks:str='none',               # attacks for robust accuracy (e.g. apgd-ce,square), or 'none'
@@ -171,17 +157,14 @@ def cli_lr_sweep(init:str=None,                    # pretraining run directory o
                  norm:str='linf',                  # linf or l2
                  n_eval:int=1000,                  # test images for clean/corrupted accuracy
                  n_attack:int=200,                 # test images for robust accuracy
-                 seed:int=0,                       # random seed
-                 out:str='runs',                   # folder holding run directories and the sweep table
-                 cache:str=None,                   # corrupted-set cache folder
-                 no_progress:store_true=False):    # hide progress bars
+                 cache:str=None):                  # corrupted-set cache folder
     "Fine-tune once per layer-wise lr decay and tabulate clean, corrupted and robust accuracy."
-    cfg = TrainConfig(task='finetune', recipe=recipe, init=init, dataset=dataset, data_root=data_root, channels=channels,
-                      n_train=n_train, preset=preset, patch_size=patch_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                      blr=blr, warmup_epochs=warmup_epochs, augment=augment, seed=seed, eval_split=None, out=out)
+    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig(**cfg)
     none = lambda s: s is None or s.strip().lower() in ('', 'none')
     sw = layer_decay_sweep(cfg, decays, label, None if none(corruptions) else ('all' if corruptions == 'all' else corruptions.split(',')),
                            [int(s) for s in severities.split(',')], None if none(attacks) else attacks.split(','), eps, norm,
-                           n_eval, n_attack, cache, progress=not no_progress)
+                           n_eval, n_attack, cache, progress=cfg.progress)
     print(sw.to_markdown())
     return sw
+
+cli_lr_sweep.fixed = ('layer_decay', 'eval_split')   # set by the sweep, not options
