@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn.functional as F
+import torch.distributed as dist
 from torch import nn
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
@@ -37,8 +38,9 @@ def project_ball(v, eps:float, norm:str='linf'):
 class Adversary(nn.Module):
     "A perturbation δ (a buffer) updated by projected gradient ascent from the gradient of the leaf each forward uses."
     def __init__(self, shape, eps:float, norm:str='linf', lr:float=1., update:str='sgd', weight_decay:float=0.05,
-                 betas=(0.9, 0.95), adam_eps:float=1e-8):
+                 betas=(0.9, 0.95), adam_eps:float=1e-8, sync:bool=True):
         super().__init__()
+        self.sync = sync                                   # average the gradient across DDP ranks before each step
         if update not in ADV_UPDATES: raise ValueError(f"Unknown adversary update {update!r}; use one of {ADV_UPDATES}.")
         if eps < 0 or lr < 0: raise ValueError(f"The adversary's eps and lr must be ≥ 0, got eps={eps}, lr={lr}.")
         self.eps, self.norm, self.lr, self.update = float(eps), check_norm(norm), float(lr), update
@@ -58,8 +60,10 @@ class Adversary(nn.Module):
 
     @torch.no_grad()
     def ascend(self, g):
-        "One projected ascent step from the gradient `g` of the loss w.r.t. δ."
-        g = g.float()
+        "One projected ascent step from the gradient `g` of the loss w.r.t. δ (averaged across DDP ranks)."
+        g = g.float().clone()
+        if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(g); g /= dist.get_world_size()   # before the finiteness test: every rank takes the same branch
         if not torch.isfinite(g).all(): return None       # the trainer stops on a non-finite loss anyway
         d = self.delta
         if self.update == 'sgd': d = d + self.lr * g

@@ -13,14 +13,14 @@ from fastcore.script import call_parse
 from .core import parse_eps, check_norm, format_eps
 from .mim import PRETEXTS, Pretext, unwrap, reconstruction_panels
 from .attacks import (ATTACKS, AttackSpec, perturb, classifier_loss, attack_context, prepare, default_eot,
-                              fast_model, ce_loss)
+                              fast_model, ce_loss, pixel_mask)
 from .train import FINETUNE_OBJECTIVES
 from .mi import mi_estimate
 from .pretexts import attack_surface, export_encoder, load_pretrained, encoder_of
 
 # %% auto #0
-__all__ = ['attack_mode', 'Adversarial', 'MIMIR', 'AdversarialMAE', 'AdversarialBERT', 'AdversarialRotNet', 'AdversarialBYOL',
-           'PGDAdversarialTraining', 'pgd_mi', 'pgd_fea', 'cli_export_encoder']
+__all__ = ['attack_mode', 'Adversarial', 'MIMIR', 'AdversarialMAE', 'AdversarialRotNet', 'AdversarialBYOL', 'gradient_ascent',
+           'AdversarialBERT', 'PGDAdversarialTraining', 'pgd_mi', 'pgd_fea', 'cli_export_encoder']
 
 # %% ../nbs/10_adversarial.ipynb #1e5f7c76
 @contextmanager
@@ -93,8 +93,8 @@ class Adversarial(Pretext):
             mi = mi_estimate(self.mi, aux['latent'].flatten(1), x_adv.flatten(1), sigma=self.mi_sigma)
             out['loss'] = out['loss'] + self.mi_weight * mi
             out['mi'] = mi.detach()
-        if self.clean_weight:
-            clean = surface.scale * surface.loss(model, surface.x, None)[0].mean()
+        if self.clean_weight:        # the bare module: one DDP forward per step (see above)
+            clean = surface.scale * surface.loss(unwrap(model), surface.x, None)[0].mean()
             out['loss'] = out['loss'] + self.clean_weight * clean
             out['clean_loss'] = clean.detach()
         if 'extra' in aux: out['perceptual'] = aux['extra'].mean().detach()
@@ -144,13 +144,6 @@ class AdversarialMAE(_Recipe):
     DEFAULTS = dict(base='mae', eps=0.5, norm='l2', steps=2, alpha_factor=5 / 8, random_start=True, region='visible',
                     target='natural')
 
-@PRETEXTS.register('adv-bert')
-class AdversarialBERT(_Recipe):
-    "Adversarial BERT-pretraining (Huang et al. Alg. 1): PGD-4 on visible patches, clean target, alongside plain MAE."
-    name = 'adv-bert'
-    DEFAULTS = dict(base='mae', eps='8/255', norm='linf', steps=4, alpha='2/255', random_start=False, region='visible',
-                    target='natural', clean_weight=1.)
-
 @PRETEXTS.register('adv-rotnet')
 class AdversarialRotNet(_Recipe):
     "Adversarial RotNet (Rebuffi et al. eq. 5): PGD-2 on the rotated image, step 5ε/8."
@@ -162,6 +155,84 @@ class AdversarialBYOL(_Recipe):
     "Adversarial BYOL (Rebuffi et al. eq. 7): PGD-2 on the online view against the target projection, symmetrised."
     name = 'adv-byol'
     DEFAULTS = dict(base='byol', eps='2/255', norm='linf', steps=2, alpha_factor=5 / 8, random_start=True, region='whole')
+
+# %% ../nbs/10_adversarial.ipynb #bd83ea44
+def gradient_ascent(loss_fn, x, alpha:float, steps:int, mask=None, eps:float|None=None):
+    "Huang et al.'s eq. 3: `steps` raw-gradient steps x ← x + α·∇ₓΣᵢloss_fn(x)ᵢ on `mask`'s pixels, kept in [0,1] (∩ ℓ∞ ε-ball); returns (x_adv, per-sample loss at x)."
+    x = x.detach()
+    m = pixel_mask(mask, x) if mask is not None else None
+    xa, first = x.clone(), None
+    with torch.enable_grad():
+        for _ in range(steps):
+            z = xa.requires_grad_(True)
+            per = loss_fn(z)
+            g, = torch.autograd.grad(per.sum(), z)
+            if first is None: first = per.detach()
+            if m is not None: g = g * m
+            xa = z.detach() + alpha * g
+            if eps is not None: xa = x + (xa - x).clamp(-eps, eps)
+            xa = xa.clamp(0, 1)
+    return xa.detach(), first
+
+@PRETEXTS.register('adv-bert')
+class AdversarialBERT(_Recipe):
+    "Adversarial BERT-pretraining (Huang et al. Alg. 1): 4 raw-gradient ascent steps on the visible patches; adversarial batches alternate with MAE batches."
+    name = 'adv-bert'
+    VARIANTS = ('alg1', 'sign-pgd')
+    DEFAULTS = dict(base='mae', eps=1., norm='linf', steps=4, alpha=1., random_start=False, region='visible', target='natural')
+    SIGN_PGD = dict(base='mae', eps='8/255', norm='linf', steps=4, alpha='2/255', random_start=False, region='visible',
+                    target='natural', clean_weight=1.)
+
+    def __init__(self, variant:str='alg1', alternate:bool|None=None, **kw):
+        if variant not in self.VARIANTS: raise ValueError(f"adv-bert variant must be one of {self.VARIANTS}, got {variant!r}.")
+        self.variant, self.step = variant, 0
+        if variant == 'sign-pgd':
+            if alternate: raise ValueError("variant='sign-pgd' adds the clean loss to every batch; alternate=True belongs to variant='alg1'.")
+            Adversarial.__init__(self, **{**self.SIGN_PGD, **kw}); self.alternate = False
+            return
+        kw = {**self.DEFAULTS, **kw}
+        if kw['norm'] != 'linf' or kw['random_start'] or kw.get('mi_weight') or kw.get('clean_weight') or kw.get('alpha_factor'):
+            raise ValueError("variant='alg1' is Huang et al.'s Algorithm 1 — raw-gradient steps from x, an optional ℓ∞ budget, "
+                             "clean batches alternating: it takes no norm, random_start, mi_weight, clean_weight or alpha_factor. "
+                             "Use variant='sign-pgd' or the general 'adversarial' pretext for those.")
+        alpha = float(kw.pop('alpha'))
+        if not alpha > 0: raise ValueError(f"The step size alpha must be > 0, got {alpha}.")
+        Adversarial.__init__(self, **kw)
+        self.alpha, self.alternate = alpha, True if alternate is None else bool(alternate)
+
+    def is_adversarial_step(self) -> bool:
+        "Whether the next training batch is adversarial: odd steps when alternating, else always."
+        return self.variant == 'sign-pgd' or not self.alternate or self.step % 2 == 1
+
+    def ascend(self, model, surface):
+        "(x_adv, clean per-sample loss): Alg. 1's T raw-gradient steps on the bare module, parameters frozen."
+        if self.region == 'visible' and surface.visible is None:
+            raise ValueError(f"region='visible' needs a masked pretext; {type(self.base).__name__} has no patch mask. Use region='whole'.")
+        m = unwrap(model)
+        with attack_mode(m, self.attack_mode):
+            return gradient_ascent(lambda xa: surface.loss(m, xa, self._target(xa))[0], surface.x, self.alpha, self.steps,
+                                   surface.visible if self.region == 'visible' else None, self.eps if self.eps < 1 else None)
+
+    def attack(self, model, surface):
+        if self.variant == 'sign-pgd': return super().attack(model, surface)
+        return self.ascend(model, surface)[0]
+
+    def loss(self, model, x, y=None):
+        if self.variant == 'sign-pgd': return super().loss(model, x, y)
+        adversarial = self.is_adversarial_step()
+        if unwrap(model).training: self.step += 1
+        surface = attack_surface(self.base, model, x)
+        x_in, clean = self.ascend(model, surface) if adversarial else (surface.x, None)
+        per, _ = surface.loss(model, x_in, self._target(x_in))          # the step's one forward of the wrapped model
+        loss = surface.scale * per.mean()
+        clean = loss.detach() if clean is None else surface.scale * clean.mean()
+        return {'loss': loss, 'clean_loss': clean, 'adversarial': torch.tensor(float(adversarial))}
+
+    def __repr__(self):
+        if self.variant == 'sign-pgd': return super().__repr__().replace('(', "(variant='sign-pgd', ", 1)
+        b = 'none' if self.eps >= 1 else format_eps(self.eps)
+        return (f"AdversarialBERT(variant='alg1', base={self.base!r}, steps={self.steps}, α={self.alpha:g} (raw gradient), "
+                f"ℓ∞ budget={b}, region={self.region!r}, alternate={self.alternate}, step={self.step})")
 
 # %% ../nbs/10_adversarial.ipynb #fbe19444
 @FINETUNE_OBJECTIVES.register('pgd-at')

@@ -1,5 +1,5 @@
 "Adversarial pretraining recipes, PGD-AT and the adaptive attacks: hand-computed losses, attack properties, training steps, exact resume, CLI."
-import math, os, subprocess, sys
+import math, os, socket, subprocess, sys
 from pathlib import Path
 import pytest, torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ from mimbench.models import create_mae, create_vit, save_model, load_model
 from mimbench.mi import hsic_normalized
 from mimbench.pretexts import (attack_surface, mae_per_sample, mask_from_noise, rotate, byol_views, cosine_loss,
                                load_pretrained, BYOLNet)
-from mimbench.adversarial import Adversarial, pgd_mi, pgd_fea, attack_mode
+from mimbench.adversarial import Adversarial, pgd_mi, pgd_fea, attack_mode, gradient_ascent
 from mimbench.attacks import pgd, ATTACKS
 from mimbench.train import TrainConfig, train, read_metrics, FINETUNE_OBJECTIVES
 
@@ -71,7 +71,7 @@ def _mae_reference(mae, x, seed, eps, norm, steps, alpha, random_start, region='
     ('mimir', {'region': 'whole'}, dict(eps=8 / 255, norm='linf', steps=1, alpha=10 / 255, random_start=True, mi_weight=1e-5, region='whole')),
     ('adv-mae', {}, dict(eps=0.5, norm='l2', steps=2, alpha=0.5 * 5 / 8, random_start=True)),
     ('adv-mae', {'norm': 'linf', 'eps': '1/255'}, dict(eps=1 / 255, norm='linf', steps=2, alpha=5 / 8 / 255, random_start=True)),
-    ('adv-bert', {}, dict(eps=8 / 255, norm='linf', steps=4, alpha=2 / 255, random_start=False, clean_weight=1.)),
+    ('adv-bert', {'variant': 'sign-pgd'}, dict(eps=8 / 255, norm='linf', steps=4, alpha=2 / 255, random_start=False, clean_weight=1.)),
 ])
 def test_mae_recipe_losses_match_hand_computation(recipe, kw, ref):
     pt, mae = _model(recipe, **kw)
@@ -79,6 +79,56 @@ def test_mae_recipe_losses_match_hand_computation(recipe, kw, ref):
     torch.manual_seed(5); out = pt.loss(mae, x)
     want, _ = _mae_reference(mae, x, 5, **ref)
     assert out['loss'].item() == pytest.approx(want.item(), rel=1e-5)
+
+def _alg1_reference(mae, x, noise, alpha=1., steps=4):
+    "Huang et al. eq. 3 by hand: x^t = x^{t-1} + α·∇[m·L_pix(x, x̂^{t-1})] on the unmasked pixels, kept in [0,1]."
+    vis = _pixels(mae, 1 - mask_from_noise(noise, 0.75)).float()
+    def per(z):
+        _, pred, mk = mae(z, 0.75, noise=noise, target=x)
+        return mae_per_sample(mae, pred, mk, x)
+    xa = x.clone()
+    for _ in range(steps):
+        z = xa.clone().requires_grad_(True)
+        g, = torch.autograd.grad(per(z).sum(), z)
+        xa = (xa + alpha * g * vis).clamp(0, 1)
+    return xa, per
+
+def test_adv_bert_default_is_huang_algorithm_1():
+    "Default adv-bert: clean and adversarial batches alternate by step parity; the adversarial input is x + 4 raw-gradient steps."
+    pt, mae = _model('adv-bert')
+    x = _x()
+    flags = []
+    for call in range(4):
+        torch.manual_seed(20 + call); out = pt.loss(mae, x)
+        torch.manual_seed(20 + call); noise = torch.rand(len(x), 64)
+        xa, per = _alg1_reference(mae, x, noise)
+        flags.append(out['adversarial'].item())
+        want = per(xa if call % 2 else x).mean()
+        assert out['loss'].item() == pytest.approx(want.item(), rel=1e-5), call
+        assert out['clean_loss'].item() == pytest.approx(per(x).mean().item(), rel=1e-5)
+    assert flags == [0., 1., 0., 1.] and pt.step == 4
+    torch.manual_seed(21); s = attack_surface(pt.base, mae, x)
+    xa_ref, _ = _alg1_reference(mae, x, s.info['noise'])
+    torch.testing.assert_close(pt.attack(mae, s), xa_ref, atol=1e-6, rtol=0)
+    d = xa_ref - x                                          # a raw-gradient step, not a sign step: many magnitudes
+    assert d.abs().unique().numel() > 100
+
+def test_adv_bert_options():
+    pt, mae = _model('adv-bert', alternate=False, alpha=3., eps='1/255')
+    x = _x()
+    torch.manual_seed(1); out = pt.loss(mae, x)
+    assert out['adversarial'].item() == 1.                 # every batch adversarial
+    torch.manual_seed(1); s = attack_surface(pt.base, mae, x)
+    d = pt.attack(mae, s) - x
+    assert d.abs().max() <= 1 / 255 + 1e-7 and d.abs().max() > 0.9 / 255    # the optional ℓ∞ budget binds at α = 3
+    mae.eval(); pt.loss(mae, x); assert pt.step == 1      # evaluation calls do not advance the parity
+    assert PRETEXTS['adv-bert'](variant='sign-pgd').clean_weight == 1.
+    with pytest.raises(ValueError, match='sign-pgd'): PRETEXTS['adv-bert'](norm='l2')
+    with pytest.raises(ValueError, match='alpha must be > 0'): PRETEXTS['adv-bert'](alpha=0)
+    xg = torch.full((1, 1, 2, 2), .5)
+    xa, first = gradient_ascent(lambda z: (z * torch.tensor([1., -2., 3., 0.]).view(1, 1, 2, 2)).sum((1, 2, 3)), xg, 0.1, 2)
+    torch.testing.assert_close(xa, torch.tensor([.7, .1, 1., .5]).view(1, 1, 2, 2))   # +0.1·∇ twice, clamped to [0,1]
+    assert first.item() == pytest.approx(1.)
 
 def test_adv_rotnet_loss_matches_hand_computation():
     pt, net = _model('adv-rotnet')
@@ -251,3 +301,57 @@ def test_cli_mimir_pretrain_pgd_at_finetune_and_adaptive_eval(tmp_path, capsys):
     (rot,) = tmp_path.glob('pretrain-adv-rotnet-*')
     _cli_inproc(capsys, 'export-encoder', rot, '--out', tmp_path / 'enc.safetensors')
     assert load_model(tmp_path / 'enc.safetensors')[0].head.out_features == 10
+
+# --- DDP: two gloo processes must hold identical adversaries and weights ---
+
+DDP_RUNS = {'adpe-ape-emb': ('adpe-ape-emb', {}), 'adpe-rpe-coord': ('adpe-rpe-coord', {}), 'mimir': ('mimir', {}),
+            'adv-bert': ('adv-bert', {}), 'adv-bert-sign-pgd': ('adv-bert', {'variant': 'sign-pgd'})}
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def _ddp_worker(rank, world, port, out):
+    "One DDP rank: train each of DDP_RUNS for 3 steps through the trainer, save this rank's final state."
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    import mimbench.adpe                                   # registers the adpe-* recipes
+    from mimbench.adpe import Adversary
+    built, build = {}, T.build_run
+    def capture(cfg):
+        built['model'], obj = build(cfg); return built['model'], obj
+    T.build_run = capture
+    for key, (recipe, args) in DDP_RUNS.items():
+        cfg = TrainConfig(task='pretrain', recipe=recipe, recipe_args=args, n_train=24, batch_size=8, epochs=1, lr=1e-3,
+                          augment='none', out=os.path.join(out, 'runs'), progress=False, device='cpu')
+        T.train(cfg)
+        torch.save({k: v.detach().clone() for k, v in built['model'].state_dict().items()}, os.path.join(out, f'{key}.{rank}.pt'))
+    adv = Adversary((3,), eps=100., norm='l2', lr=1.)        # a known answer: δ = lr × the mean of the ranks' gradients
+    (adv() * torch.tensor([1., 2., 3.]) * (rank + 1)).sum().backward()
+    torch.save(adv.delta.clone(), os.path.join(out, f'known.{rank}.pt'))
+    dist.destroy_process_group()
+
+@pytest.fixture(scope='module')
+def ddp_states(tmp_path_factory):
+    import torch.multiprocessing as mp
+    out = tmp_path_factory.mktemp('ddp')
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+@pytest.mark.parametrize('key', DDP_RUNS)
+def test_ddp_ranks_hold_identical_adversaries_and_weights(ddp_states, key):
+    "After 3 DDP steps (2 gloo ranks) both ranks hold the same weights and the same adversary (AdPE's δ), bit for bit."
+    a, b = (torch.load(ddp_states / f'{key}.{r}.pt') for r in (0, 1))
+    assert a.keys() == b.keys()
+    diff = {k: (a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point()}
+    bad = {k: d for k, d in diff.items() if d > 0}
+    assert not bad, f"{key}: ranks differ in {len(bad)} tensors, e.g. {dict(list(bad.items())[:4])}"
+    deltas = [k for k in a if k.endswith('delta')]
+    if key.startswith('adpe'):
+        assert deltas and max(a[k].abs().max().item() for k in deltas) > 0, 'the adversary never moved: the test would prove nothing'
+
+def test_ddp_adversary_steps_on_the_mean_gradient(ddp_states):
+    "Rank r's local gradient is (r+1)·(1, 2, 3); the step uses their mean, 1.5·(1, 2, 3), on both ranks."
+    for r in (0, 1): torch.testing.assert_close(torch.load(ddp_states / f'known.{r}.pt'), torch.tensor([1.5, 3., 4.5]))
