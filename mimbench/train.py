@@ -287,8 +287,8 @@ def _init_record(init) -> dict|None:
     if not (d / 'config.json').exists(): return None
     return {'dir': str(d.resolve()), 'run_id': _read_json(d / 'config.json').get('run_id')}
 
-def stale_reasons(d) -> list:
-    "Why the run in directory `d` is not what today's code would train (empty: it is current, or does not exist)."
+def stale_reasons(d, deep:bool=True) -> list:
+    "Why the run in directory `d` is not what today's code would train (empty: current or absent); `deep`: also a stale starting run."
     p = Path(d) / 'config.json'
     if not p.exists(): return []
     rec = _read_json(p)
@@ -297,7 +297,7 @@ def stale_reasons(d) -> list:
     if ir and (Path(ir['dir']) / 'config.json').exists():
         if _read_json(Path(ir['dir']) / 'config.json').get('run_id') != ir.get('run_id'):
             why.append(f"its starting run {Path(ir['dir']).name} was trained again since")
-        elif sub := stale_reasons(ir['dir']): why.append(f"its starting run {Path(ir['dir']).name} is stale ({'; '.join(sub)})")
+        elif deep and (sub := stale_reasons(ir['dir'])): why.append(f"its starting run {Path(ir['dir']).name} is stale ({'; '.join(sub)})")
     return why
 
 def set_aside(d:Path) -> Path:
@@ -324,14 +324,14 @@ def train(cfg:TrainConfig, force:bool=False, stale:str='retrain') -> Run:
     "Train (or resume, or return the cached result of) the run described by `cfg`; `stale`: what to do with a run of other code."
     if stale not in STALE_POLICIES: raise ValueError(f"stale must be one of {STALE_POLICIES}, got {stale!r}.")
     d = run_dir(cfg)
-    if (d / 'result.json').exists() and not force and (stale == 'allow' or not stale_reasons(d)):
+    if (d / 'result.json').exists() and not force and (stale == 'allow' or not stale_reasons(d, deep=False)):
         return Run(d, cfg, json.loads((d / 'result.json').read_text()))
     if _dist_info()[1] > 1: return _train(cfg, d, force, stale)   # DDP ranks coordinate through their process group
     with run_lock(d): return _train(cfg, d, force, stale)        # same config in two processes: one trains, one reuses it
 
 def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
     rank, world, local_rank = _dist_info()
-    why = [] if stale == 'allow' else stale_reasons(d)
+    why = [] if stale == 'allow' else stale_reasons(d, deep=False)   # what training this run again would fix
     if world > 1: dist.barrier()                           # every rank has read the record before rank 0 moves it
     if why and stale == 'refuse' and not force:
         raise StaleRunError(f"{d} was made by other code ({'; '.join(why)}). Train it again with stale='retrain' "
@@ -345,6 +345,9 @@ def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
         return Run(d, cfg, json.loads((d / 'result.json').read_text()))
     device = get_device(cfg.device) if world == 1 or not torch.cuda.is_available() else torch.device('cuda', local_rank)
     if cfg.batch_size % world: raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes.")
+    start = _init_record(cfg.init)
+    if start and rank == 0 and (bad := stale_reasons(start['dir'])):
+        warnings.warn(f"Starting from {cfg.init}, which was made by other code ({'; '.join(bad)}); train it again first.")
     seed_everything(cfg.seed)
     ds = train_data(cfg)
     model, objective = build_run(cfg)

@@ -1,5 +1,5 @@
 "Trainer: exact resume after SIGKILL, data-parallel runs under torchrun, checkpoints that refuse bad files."
-import json, os, signal, socket, subprocess, sys, time
+import dataclasses, json, os, signal, socket, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
@@ -219,9 +219,12 @@ def test_finetune_on_a_retrained_pretraining_is_stale(tmp_path):
     from mimbench.train import stale_reasons
     pre_cfg = _tiny(tmp_path)
     pre = train(pre_cfg)
-    ft = train(_tiny(tmp_path, task='finetune', recipe='ce', init=str(pre.dir), n_eval=20))
+    ft_cfg = _tiny(tmp_path, task='finetune', recipe='ce', init=str(pre.dir), n_eval=20)
+    ft = train(ft_cfg)
     _pretend_other_code(pre.dir)
     assert 'its starting run' in stale_reasons(ft.dir)[0] and 'is stale' in stale_reasons(ft.dir)[0]
+    assert stale_reasons(ft.dir, deep=False) == [] and train(ft_cfg).result == ft.result   # not retrained again and again
+    with pytest.warns(UserWarning, match='Starting from .* made by other code'): train(dataclasses.replace(ft_cfg, seed=1))
     with pytest.warns(UserWarning): train(pre_cfg)                           # the pretraining is trained again …
     assert 'was trained again since' in stale_reasons(ft.dir)[0]            # … so what was built on it is stale too
 
