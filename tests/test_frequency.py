@@ -177,14 +177,25 @@ def test_save_load_roundtrip(tmp_path, quick_model, fmnist_test):
     from mimbench.models import CheckpointError
     with pytest.raises(CheckpointError, match='not TTFP'): load_ttfp(tmp_path / 'clf.safetensors', quick_model)
 
-def test_evaluate_ttfp_worst_case(quick_model, fmnist_test):
+def test_evaluate_ttfp_worst_case_is_the_per_image_and(quick_model, fmnist_test):
+    "TTFP's robust accuracy counts an image only if it survives both the exact- and the adaptive-gradient attack."
     t = build_ttfp(quick_model, fmnist_test, k=3, n=200)
     with torch.no_grad(): t.prompts.normal_(0, 0.1)
-    res = evaluate_ttfp(t, fmnist_test, attacks=[('pgd', {'steps': 3})], eps=['1/255', '4/255'], n=40, progress=False, sanity=False)
+    kw = dict(attacks=[('pgd', {'steps': 3})], eps=['1/255', '4/255'], n=40, progress=False, sanity=False)
+    res = evaluate_ttfp(t, fmnist_test, **kw)
+    assert t.selection_tau is None and not t.clip_bpda                              # restored
+    ex, ad = res['reports']['exact'], res['reports']['adaptive']
+    t.selection_tau, t.clip_bpda = 0.05, True                                         # the adaptive report is what the
+    direct = robust_accuracy(t, fmnist_test, **kw)                                    # harness gives for that gradient
+    t.selection_tau, t.clip_bpda = None, False
+    assert direct.robust == ad.robust and ad.robust != ex.robust
+    differ = 0
     for row in res['robust']:
-        assert row['ttfp'] <= min(row['ttfp_exact'], row['ttfp_adaptive']) + 1e-9
-    assert res['reports']['exact'].robust.keys() == res['reports']['adaptive'].robust.keys()
-    assert t.selection_tau is None                               # restored
+        a, b = (torch.tensor(r.robust[row['eps']], dtype=torch.bool) for r in (ex, ad))
+        assert row['ttfp'] == (a & b).float().mean().item()                          # per image, both must fail
+        assert (row['ttfp_exact'], row['ttfp_adaptive']) == (a.float().mean().item(), b.float().mean().item())
+        differ += (a != b).sum().item()
+    assert differ > 0                          # the attacks leave different images robust, so the AND is really tested
 
 def test_cli_ttfp(tmp_path, quick_model):
     ckpt = save_model(tmp_path / 'clf.safetensors', quick_model)
