@@ -9,7 +9,7 @@ from pathlib import Path
 from fastcore.script import Param, anno_parser, store_true
 
 # %% auto #0
-__all__ = ['COMMANDS', 'USER_ERRORS', 'command_parser', 'as_train_config', 'pretrain', 'finetune', 'info_text', 'info',
+__all__ = ['COMMANDS', 'USER_ERRORS', 'command_parser', 'as_train_config', 'pretrain', 'finetune', 'adopt', 'info_text', 'info',
            'demo_configs', 'run_demo', 'demo', 'find_commands', 'load_command', 'usage', 'dashes_to_underscores',
            'main', 'run_command', 'train_options_markdown']
 
@@ -66,6 +66,14 @@ def finetune(cfg=dict(task='finetune', recipe='ce', blr=1e-3, layer_decay=0.75, 
     if cfg.layer_decay == 1: cfg.layer_decay = None               # 1 = no decay, the same run as none
     from mimbench.train import train
     _report(train(cfg, stale=_stale(stale, allow_stale)))
+
+
+def adopt(runs:str):  # run directories, comma-separated (made before code versions were recorded)
+    "Record today's code version in runs you vouch for, so they are no longer stale (see `mimbench info`)."
+    from mimbench.train import adopt_run
+    for r in runs.split(','):
+        code = adopt_run(r.strip())
+        print(f"{r.strip()}: now recorded as made by mimbench {code['version']} ({code['digest']})")
 
 # %% ../nbs/20_cli.ipynb #02613210
 def info_text(out='runs') -> str:
@@ -149,7 +157,7 @@ def demo(out:str='runs',              # folder holding run directories
     print(f"took {s['seconds']:.0f} s")
 
 # %% ../nbs/20_cli.ipynb #55dad850
-COMMANDS = {'pretrain': pretrain, 'finetune': finetune, 'info': info, 'demo': demo}
+COMMANDS = {'pretrain': pretrain, 'finetune': finetune, 'info': info, 'demo': demo, 'adopt': adopt}
 
 def find_commands(package:str='mimbench') -> dict:
     "{name: (module, function name, first docstring line)} of every `cli_<name>` function in `package`, read from source."

@@ -25,7 +25,8 @@ from .mim import PRETEXTS, unwrap
 __all__ = ['NOT_HASHED', 'FINETUNE_OBJECTIVES', 'STALE_POLICIES', 'TrainConfig', 'init_key', 'run_hash', 'run_dir',
            'CrossEntropy', 'layer_id', 'param_groups', 'lr_at', 'epoch_batches', 'step_seed', 'save_checkpoint',
            'load_checkpoint', 'Run', 'read_metrics', 'set_input_checks', 'load_init', 'build_run', 'train_data',
-           'StaleRunError', 'run_code', 'stale_reasons', 'set_aside', 'run_lock', 'train', 'accuracy', 'plot_curves']
+           'StaleRunError', 'run_code', 'stale_reasons', 'set_aside', 'adopt_run', 'run_lock', 'train', 'accuracy',
+           'plot_curves']
 
 # %% ../nbs/04_train.ipynb #1c77ad31
 @dataclass
@@ -306,6 +307,23 @@ def set_aside(d:Path) -> Path:
     new, i = d.with_name(f"{d.name}.stale-{tag}"), 1
     while new.exists(): new, i = d.with_name(f"{d.name}.stale-{tag}-{i}"), i + 1
     return d.rename(new)
+
+def adopt_run(d) -> dict:
+    "Record today's code version in run `d` (one made before versions were recorded, checked by you): it counts as current."
+    d = Path(d); rec = _read_json(d / 'config.json')
+    if not rec: raise FileNotFoundError(f"{d} has no readable config.json: is it a run directory?")
+    objective = (PRETEXTS if rec.get('task') == 'pretrain' else FINETUNE_OBJECTIVES)[rec['recipe']]
+    kind = None
+    for name in ('model.safetensors', 'checkpoint.safetensors'):
+        if (d / name).exists():
+            with safe_open(str(d / name), 'pt') as f: kind = json.loads((f.metadata() or {}).get('mimbench', '{}')).get('config', {}).get('kind')
+            break
+    from mimbench.models import MODEL_BUILDERS
+    roots = ['mimbench.train', objective.__module__, MODEL_BUILDERS[kind].__module__ if kind in MODEL_BUILDERS else None]
+    rec.update(code=code_version(module_closure(roots)), run_hash=rec.get('run_hash') or d.name.rsplit('-', 1)[-1],
+               run_id=rec.get('run_id') or uuid.uuid4().hex[:12])
+    write_json(d / 'config.json', rec)
+    return rec['code']
 
 # %% ../nbs/04_train.ipynb #1ed01aea
 @contextlib.contextmanager

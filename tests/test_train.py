@@ -208,12 +208,16 @@ def test_run_of_other_code_is_stale_and_not_silently_reused(tmp_path):
     (aside,) = [p for p in (tmp_path / 'runs').iterdir() if '.stale-' in p.name]
     assert (aside / 'model.safetensors').exists() and stale_reasons(aside) == ['mimbench.models changed']
 
-def test_run_from_before_code_versions_is_stale(tmp_path):
+def test_run_from_before_code_versions_is_stale_until_adopted(tmp_path):
     from mimbench.train import stale_reasons
+    from mimbench.cli import main
     run = train(_tiny(tmp_path))
-    c = json.loads((run.dir / 'config.json').read_text()); del c['code']
+    c = json.loads((run.dir / 'config.json').read_text()); code = c.pop('code')
     (run.dir / 'config.json').write_text(json.dumps(c))
     assert 'no code version recorded' in stale_reasons(run.dir)[0]
+    assert main(['adopt', str(run.dir)]) == 0                                  # the user vouches for it
+    assert stale_reasons(run.dir) == [] and json.loads((run.dir / 'config.json').read_text())['code'] == code
+    assert train(_tiny(tmp_path)).result == run.result
 
 def test_finetune_on_a_retrained_pretraining_is_stale(tmp_path):
     from mimbench.train import stale_reasons
