@@ -112,7 +112,8 @@ def psnr(a, b) -> torch.Tensor:
 def _sweep_key(defense, data_name, n, sigmas, attacks, eps, norm, passes, attack_kwargs, seed, sanity=True):
     spec = dict(weights=weights_fingerprint(defense), kind=type(defense).__name__, data=data_name, n=n,
                 sigmas=[float(s) for s in sigmas], attacks=[str(a) for a in attacks], eps=str(eps), norm=norm,
-                passes=passes, attack_kwargs=attack_kwargs, seed=seed, sanity=sanity)
+                passes=passes, attack_kwargs=attack_kwargs, seed=seed, sanity=sanity,
+                harness=2)   # 2: attack_kwargs reach attacks by name, AutoAttack judges every pass (sweeps cached before differ)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12], spec
 
 # %% ../nbs/07_defenses.ipynb #2a92e3a2

@@ -17,12 +17,12 @@ from .core import check_images, check_norm, parse_eps, format_eps, seed_everythi
 from .data import (get_dataset, load_batch, ImageDataset, CORRUPTIONS, SEVERITIES, CorruptedDataset, check_severity,
                            corrupt_dataset, corruption_cache, corruption_names, dataset_fingerprint)
 from .models import load_model, CLASSIFIER_KINDS
-from .attacks import ATTACKS, AttackSpec, attack_context, check_labels, is_randomized, lp_norm, pgd
+from .attacks import (ATTACKS, AttackSpec, AttackResult, attack_context, check_labels, is_randomized, lp_norm, pgd,
+                              check_passes, default_passes, correct_every_pass)
 
 # %% auto #0
-__all__ = ['DEFAULT_ATTACKS', 'quick_classifier', 'default_passes', 'check_passes', 'correct_every_pass', 'JSONReport',
-           'RobustReport', 'input_gradient_health', 'sanity_warnings', 'robust_accuracy', 'ShiftReport',
-           'shift_accuracy', 'evaluate_checkpoint', 'shift_checkpoint', 'cli_eval']
+__all__ = ['DEFAULT_ATTACKS', 'quick_classifier', 'JSONReport', 'RobustReport', 'input_gradient_health', 'sanity_warnings',
+           'robust_accuracy', 'ShiftReport', 'shift_accuracy', 'evaluate_checkpoint', 'shift_checkpoint', 'cli_eval']
 
 # %% ../nbs/06_evaluate.ipynb #a0ef49e7
 def quick_classifier(n_train:int=8000, epochs:int=2, patch_size:int=8, out=None, seed:int=0, progress=False):
@@ -32,26 +32,6 @@ def quick_classifier(n_train:int=8000, epochs:int=2, patch_size:int=8, out=None,
                       warmup_epochs=0.1, channels=1, preset='micro', patch_size=patch_size, eval_split=None, seed=seed,
                       progress=progress, out=str(out or Path(tempfile.gettempdir()) / 'mimbench-quick'))
     return train(cfg).load_model().eval()
-
-# %% ../nbs/06_evaluate.ipynb #4773e334
-def default_passes(model, passes=None) -> int:
-    "`passes` if given, else 5 for randomized models and 1 for deterministic ones."
-    if passes is None: return 5 if is_randomized(model) else 1
-    return check_passes(passes)
-
-def check_passes(passes) -> int:
-    "`passes` as an int ≥ 1: with 0 passes every image would count as correct."
-    if isinstance(passes, bool) or int(passes) != passes or passes < 1:
-        raise ValueError(f"passes must be an integer ≥ 1 (an image counts as correct only if every pass gets it right), got {passes!r}.")
-    return int(passes)
-
-@torch.no_grad()
-def correct_every_pass(model, x, y, passes:int=1):
-    "Bool (N,): `model` classifies each image correctly in all `passes` forward passes."
-    passes = check_passes(passes)
-    ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    for _ in range(passes): ok &= model(x).argmax(1) == y
-    return ok
 
 # %% ../nbs/06_evaluate.ipynb #aaeb91e4
 class JSONReport:
@@ -156,21 +136,36 @@ def sanity_warnings(report:RobustReport, white_box:list, black_box:list, fooled_
 # %% ../nbs/06_evaluate.ipynb #96d5b550
 DEFAULT_ATTACKS = ('apgd-ce', 'apgd-t', 'fab-t', 'square')   # AutoAttack standard, attack by attack
 
-def _resolve(attacks):
-    "[(label, callable, white_box)] from names, (name, kwargs) pairs or callables; unknown names fail before any work."
+_HARNESS_SETTINGS = ('passes', 'return_candidates')     # the harness sets these itself
+
+def _resolve(attacks, attack_kwargs=None):
+    "[(label, spec, kwargs)] from names, (name, kwargs) pairs or callables, with `attack_kwargs` (by attack name) merged in; checked before any work."
     if isinstance(attacks, str): attacks = [a.strip() for a in attacks.split(',') if a.strip()]
+    attack_kwargs = attack_kwargs or {}
     out = []
     for a in attacks:
         name, kw = (a if isinstance(a, tuple) else (a, {}))
-        if callable(name) and not isinstance(name, AttackSpec):
-            label, spec = getattr(name, '__name__', 'attack'), AttackSpec(name)
-        else:
-            spec, label = (name, getattr(name.fn, '__name__', 'attack')) if isinstance(name, AttackSpec) else (ATTACKS[name], name)
-            kw = {'seed': None, **kw}                                  # registry attacks take a seed
-            if len(kw) > 1: label = f"{label}(" + ', '.join(f"{k}={v}" for k, v in kw.items() if k != 'seed') + ')'
-        out.append((label, spec, kw))
+        if callable(name) and not isinstance(name, AttackSpec): spec = AttackSpec(name)
+        else: spec = name if isinstance(name, AttackSpec) else ATTACKS[name]
+        name = name if isinstance(name, str) else spec.name
+        label = name if not kw else f"{name}(" + ', '.join(f"{k}={v}" for k, v in kw.items()) + ')'
+        out.append((label, name, spec, dict(kw)))
     if not out: raise ValueError("No attacks given.")
-    return out
+    names = [n for _, n, _, _ in out]
+    for k, v in attack_kwargs.items():
+        if k not in names: raise ValueError(f"attack_kwargs names {k!r}, which is not in the attack list ({', '.join(names)}).")
+        if not isinstance(v, dict): raise ValueError(f"attack_kwargs[{k!r}] must be a dict of settings, got {v!r}.")
+    resolved = []
+    for label, name, spec, kw in out:
+        extra = attack_kwargs.get(name, {})
+        clash = [k for k in extra if k in kw and kw[k] != extra[k]]
+        if clash: raise ValueError(f"{label}: {', '.join(clash)} given both in the attack list and in attack_kwargs[{name!r}].")
+        kw = {**extra, **kw}
+        spec.check_settings(kw, name)
+        own = [k for k in kw if k in _HARNESS_SETTINGS]
+        if own: raise ValueError(f"{label}: {', '.join(own)} is set by the harness (use robust_accuracy(passes=...)).")
+        resolved.append((label, spec, kw))
+    return resolved
 
 def _data(data, n):
     "A function `batch(i, j)` and the number of samples for a Dataset or an `(x, y)` pair."
@@ -191,7 +186,7 @@ def robust_accuracy(model, data, attacks=DEFAULT_ATTACKS, eps='8/255', norm:str=
     norm = check_norm(norm)
     eps_list = [parse_eps(e, norm) for e in (eps if isinstance(eps, (list, tuple)) else str(eps).split(',') if isinstance(eps, str) else [eps])]
     if not eps_list: raise ValueError("No ε given; pass e.g. eps='8/255' or eps='4/255,8/255'.")
-    specs = _resolve(attacks)
+    specs = _resolve(attacks, attack_kwargs)
     attack_kwargs = attack_kwargs or {}
     if batch_size < 1: raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
     batch, n, data_name = _data(data, n)
@@ -229,10 +224,12 @@ def robust_accuracy(model, data, attacks=DEFAULT_ATTACKS, eps='8/255', norm:str=
                     idx = (alive if cascade else ok).nonzero().flatten()
                     t0 = time.time()
                     if len(idx):
-                        akw = {**kw, **attack_kwargs.get(label, {})}
-                        if 'seed' in akw and akw['seed'] is None: akw['seed'] = seed
+                        takes, akw = spec.settings() or [], dict(kw)
+                        if 'seed' in takes: akw.setdefault('seed', seed)
+                        if 'return_candidates' in takes: akw.update(passes=passes, return_candidates=True)
                         xa = spec(model, x[idx], y[idx], e, norm, **akw)
-                        lost = ~correct_every_pass(model, xa, y[idx], passes)
+                        # an AttackResult carries the attack's verdict on all its candidates, judged with our passes
+                        lost = xa.fooled if isinstance(xa, AttackResult) else ~correct_every_pass(model, xa, y[idx], passes)
                         f = torch.zeros(len(x), dtype=torch.bool, device=device); f[idx[lost]] = True
                         fooled[c][label][i:j] = f.cpu()
                         alive &= ~f

@@ -419,7 +419,7 @@ def _attack_kwargs(spec, steps):
     if 'n_queries' in params: return {'n_queries': steps}
     return {}
 
-EXPLORER_ATTACKS = ('pgd', 'fgsm', 'bim', 'mifgsm', 'cw', 'apgd-ce', 'apgd-dlr', 'square')
+EXPLORER_ATTACKS = ('pgd', 'fgsm', 'bim', 'mifgsm', 'pgd-margin', 'apgd-ce', 'apgd-dlr', 'square')
 
 # %% ../nbs/30_widgets.ipynb #7851e4eb
 class AttackExplorer(Explorer):

@@ -5,10 +5,12 @@ import torchattacks
 from hypothesis import given, settings, strategies as st, HealthCheck
 from mimbench.attacks import (ATTACKS, perturb, run_attack, lp_norm, predict, fgsm, pgd, mifgsm, apgd_ce, autoattack,
                               classifier_loss, huang_l2_eps, pixel_mask, square)
+from torch import nn
 from mimbench.models import create_vit
 import mimbench.adversarial   # registers the adaptive attacks (pgd-mi, pgd-fea): the properties cover every registered attack
 
-FAST = {'bim': dict(steps=3), 'pgd': dict(steps=3), 'mifgsm': dict(steps=3), 'cw': dict(steps=3), 'apgd-ce': dict(steps=4),
+FAST = {'bim': dict(steps=3), 'pgd': dict(steps=3), 'mifgsm': dict(steps=3), 'pgd-margin': dict(steps=3),
+        'cw-l2': dict(steps=3, binary_search_steps=2), 'apgd-ce': dict(steps=4),
         'apgd-dlr': dict(steps=4), 'apgd-t': dict(steps=3, n_target_classes=2), 'apgd-t-ce': dict(steps=3, n_target_classes=2),
         'square': dict(n_queries=15), 'fab-t': dict(steps=3, n_target_classes=2), 'pgd-l2': dict(steps=3),
         'autoattack': dict(overrides={'apgd-ce': dict(steps=3), 'apgd-t': dict(steps=2, n_target_classes=2),
@@ -122,6 +124,100 @@ def test_bad_inputs():
     with pytest.warns(UserWarning, match='train mode'): pgd(model, x, y, 0.1, steps=1)
     assert model.training
     model.eval()
+
+# ---- restarts keep, per sample, a successful restart, else the highest-loss one ----
+
+class Lucky(nn.Module):
+    "Fooled (class 1) only where the start put pixel (0, 0) above 0.5 + 0.8ε: 10 % of PGD's uniform starts; no gradient to follow."
+    def __init__(self, eps): super().__init__(); self.t, self.w = 0.5 + 0.8 * eps, nn.Parameter(torch.zeros(()))
+    def forward(self, x):
+        hit = (x[:, 0, 0, 0] > self.t).float()
+        return torch.stack([1 - hit, hit], 1) * 2
+
+@pytest.mark.parametrize('name', ['pgd', 'pgd-margin', 'apgd-ce'])
+def test_restarts_keep_a_successful_restart(name):
+    "Five restarts leave 0.9⁵ = 59 % robust, not the last restart's 90 % (APGD: its own start distribution, p⁵)."
+    eps, n = 0.1, 3000
+    model, x, y = Lucky(eps).eval(), torch.full((n, 1, 4, 4), 0.5), torch.zeros(n, dtype=torch.long)
+    one = (predict(model, run_attack(name, model, x, y, eps, steps=2, restarts=1)) == y).float().mean().item()
+    five = (predict(model, run_attack(name, model, x, y, eps, steps=2, restarts=5)) == y).float().mean().item()
+    print(f"\n{name}: robust after 1 restart {one:.3f}, after 5 restarts {five:.3f} (expected 0.9, {0.9 ** 5:.3f})")
+    if name != 'apgd-ce': assert abs(one - 0.9) < 0.03, one           # APGD starts on the sphere, not in the cube
+    assert abs(five - one ** 5) < 0.03, (one, five)
+
+@pytest.mark.parametrize('momentum', [0., 1.])
+def test_restarts_keep_the_highest_loss(momentum):
+    "Without success flags the engine keeps the restart of highest loss: the best of 5 uniform starts, E = 2/3 ε, not the last (E = 0)."
+    x, eps = torch.full((3000, 1, 2, 2), 0.5), 0.1
+    start = lambda xa: (xa[:, 0, 0, 0] - 0.5).detach()        # rewards only where the random start put the first pixel
+    d = perturb(start, x, eps, steps=1, restarts=5, momentum=momentum)[:, 0, 0, 0] - 0.5
+    assert d.mean().item() / eps == pytest.approx(2 * 5 / 6 - 1, abs=0.03)
+
+def test_one_restart_is_plain_pgd(batch):
+    "With one restart PGD takes no extra scoring pass and returns the last iterate, as torchattacks' PGD does."
+    model, x, y = batch
+    x, y = x[:100], y[:100]
+    calls = []
+    h = model.register_forward_hook(lambda *a: calls.append(1))
+    try: ours = pgd(model, x, y, 4/255, alpha=1/255, steps=10)
+    finally: h.remove()
+    assert len(calls) == 10
+    torch.manual_seed(0)
+    theirs = torchattacks.PGD(model, eps=4/255, alpha=1/255, steps=10, random_start=True)(x, y)
+    assert _acc(model, ours, y) == pytest.approx(_acc(model, theirs, y), abs=3.0)
+
+# ---- randomized models: candidates judged with every pass ----
+
+class Noisy(nn.Module):
+    is_randomized = True
+    def __init__(self, m, sigma): super().__init__(); self.m, self.sigma = m, sigma
+    def forward(self, x): return self.m((x + self.sigma * torch.randn_like(x)).clamp(0, 1))
+
+@pytest.mark.parametrize('name', ['apgd-t', 'square', 'autoattack', 'autoattack-rand'])
+def test_verdict_of_candidate_attacks(name):
+    "return_candidates: the verdict matches the model on a deterministic model, and every candidate stays in the ball."
+    model, eps = tiny_model(1, 8), 0.1
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 8, 8, generator=g)
+    y = predict(model, x)                             # all correct at first: the attacks have work to do
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = run_attack(name, model, x, y, eps, return_candidates=True, **FAST[name])
+    assert torch.equal(res.fooled, predict(model, res.x_adv) != y)
+    for idx, xc in res.candidates: assert in_ball(xc, x[idx], eps, 'linf')
+
+def test_apgd_t_judges_every_pass():
+    "On a randomized model APGD-T's verdict uses all passes: a point one lucky pass gets right is not robust."
+    model = Noisy(tiny_model(1, 8), 0.3).eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)
+    res = run_attack('apgd-t', model, x, y, 0.05, steps=2, n_target_classes=2, eot=2, return_candidates=True)
+    again = ~torch.stack([predict(model, res.x_adv) == y for _ in range(5)]).all(0)
+    assert res.fooled.float().mean().item() == pytest.approx(again.float().mean().item(), abs=0.15)
+
+# ---- Carlini–Wagner ℓ2 against torchattacks' CW ----
+
+def test_cw_l2_agrees_with_torchattacks(batch):
+    "Same c, κ, steps, lr and one binary-search round: mean ℓ2 of successes within 10 %, success rate within 2 points."
+    model, x, y = batch
+    x, y = x[:100], y[:100]
+    ok = predict(model, x) == y
+    ours = run_attack('cw-l2', model, x, y, None, 'l2', c=1., kappa=0., steps=50, lr=0.01, binary_search_steps=1)
+    theirs = torchattacks.CW(model, c=1, kappa=0, steps=50, lr=0.01)(x, y)
+    out = []
+    for xa in (ours, theirs):
+        s = (predict(model, xa) != y) & ok
+        out.append((100 * s.float().sum().item() / ok.sum().item(), lp_norm(xa - x, 'l2')[s].mean().item()))
+    (sa, la), (sb, lb) = out
+    AGREEMENT['cw-l2'] = (sa, sb)
+    print(f"\ncw-l2: success ours {sa:.1f} % vs torchattacks {sb:.1f} %, mean ℓ2 {la:.4f} vs {lb:.4f}")
+    assert abs(sa - sb) <= 2 and abs(la - lb) <= 0.1 * lb, out
+    # a second round of the binary search (c = 1 → 0.5 where round 1 succeeded) keeps every success and shrinks them
+    bs = run_attack('cw-l2', model, x, y, None, 'l2', c=1., kappa=0., steps=50, lr=0.01, binary_search_steps=2)
+    s1, s2 = (predict(model, ours) != y) & ok, (predict(model, bs) != y) & ok
+    assert (s2 | ~s1).all()
+    d1, d2 = lp_norm(ours - x, 'l2')[s1], lp_norm(bs - x, 'l2')[s1]
+    assert (d2 <= d1 + 1e-6).all() and d2.mean() < 0.97 * d1.mean(), (d1.mean(), d2.mean())
 
 def test_huang_l2_eps():
     assert huang_l2_eps(0.001, (3, 32, 32)) == pytest.approx(0.001 * 55.4256, rel=1e-5)
