@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #f96a2437
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, json, math, numbers, os, time, uuid, warnings
+import contextlib, dataclasses, hashlib, json, math, numbers, os, re, time, uuid, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -93,15 +93,21 @@ def _file_digest(p:Path, n:int=16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()[:n]
 
+def _read_json(p:Path) -> dict:
+    try: return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError): return {}
+
+_RUN_NAME = re.compile(r'^(?:pretrain|finetune)-.+-([0-9a-f]{10})$')
+
 def init_key(init:str|None) -> str|None:
     "What names the starting point `init` in a run's hash: the starting run's config hash, or a checkpoint's content digest."
     if not init: return init
     p = Path(init)
-    d = p if p.is_dir() else p.parent
-    if (d / 'config.json').exists():
-        rec = json.loads((d / 'config.json').read_text())
-        key = f"run:{rec.get('run_hash') or d.name.rsplit('-', 1)[-1]}"
-        return key if p.is_dir() or p.name == 'model.safetensors' else f"{key}:{p.name}"
+    d = p if p.is_dir() or _RUN_NAME.match(p.name) or not p.suffix else p.parent
+    file = '' if d == p or p.name == 'model.safetensors' else f":{p.name}"
+    if m := _RUN_NAME.match(d.name): return f"run:{m[1]}{file}"      # a run directory's name ends with its config hash
+    if (d / 'config.json').exists():                                   # a renamed run (e.g. set aside as stale)
+        return f"run:{_read_json(d / 'config.json').get('run_hash')}:{d.name}{file}"
     if p.is_file(): return f"file:{_file_digest(p)}"
     return str(init)                                      # missing: training stops with a clear error later
 
@@ -276,10 +282,6 @@ def run_code(cfg:TrainConfig, model=None, objective=None) -> dict:
     roots = ['mimbench.train', type(objective).__module__ if objective is not None else None,
              type(unwrap(model)).__module__ if model is not None else None]
     return code_version(module_closure(roots))
-
-def _read_json(p:Path) -> dict:
-    try: return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError): return {}
 
 def _init_record(init) -> dict|None:
     "Where the starting run lies and which training of it this is (`run_id`), to notice later that it was trained again."
