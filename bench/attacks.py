@@ -4,7 +4,8 @@
                             [--aa-n 500] [--aa-eps 2/255] [--no-aa] [--profile] [--save]
 
 PGD/APGD rows: `create_vit(preset, patch_size, img_size)` with random weights in eval mode (speed does not depend on
-training). Prints images/s of each attack for both libraries, the ratio ours/torchattacks (> 1: ours is faster) and
+training). Times are process CPU time on CPU (robust on a shared machine; run with one thread) and wall time on CUDA.
+Prints images/s of each attack for both libraries, the ratio ours/torchattacks (> 1: ours is faster) and
 each attack's cost in units of one clean forward pass of the batch (PGD-10 needs 10 forward+input-backward passes, so
 ≈ 30 is the floor). `--fast` adds mimbench's opt-in bf16-autocast + torch.compile path, which only does something on CUDA.
 
@@ -15,13 +16,21 @@ APGD-T 100 × 9 targets, FAB-T 100 × 9 targets, Square 5000 queries) against to
 step counts (its defaults are 10), end to end, plus APGD-CE-100 alone on the same model and batch. Prints time, ratio,
 robust accuracy of both and the model forwards each spent (in clean forwards of the batch, split by attack with
 `--profile`). `--save` writes bench/results/attacks-<device>.json for the README's speed table.
+
+Where AutoAttack's time goes (profile of 2026-11-29, `--aa-n 500 --aa-eps 2/255 --profile`, quick classifier: clean
+81.2 %, robust 71.4 % for both libraries): image forwards per image of the batch — APGD-CE 82, APGD-T 657, FAB-T 1306
+(643 with autograd), Square 3571, bookkeeping 4 — against torchattacks' 83 / 657 / 1305 / 3572 / 3: the same work,
+forward for forward. Square (5000 queries on the ~71 % still standing) and FAB-T (torchattacks' own FAB in both) are
+~85 % of it and identical by construction, so AutoAttack can only get ahead through the APGD stages: there, points
+already misclassified keep being iterated for all 100 steps in both libraries, and mimbench's standalone `apgd` also
+attacks points that were misclassified from the start (101 vs 83 forwards per image for APGD-CE).
 """
 import argparse, contextlib, time
 import torch
 import torchattacks
 from mimbench.models import create_vit
 from mimbench.attacks import pgd, apgd_ce, autoattack, predict, ATTACKS
-from _common import (device_name, load_average, peer_version, row, sync, timeit, write_results)
+from _common import (cpu_time, device_name, load_average, peer_version, row, sync, timeit, write_results)
 
 
 @contextlib.contextmanager
@@ -65,8 +74,11 @@ def torchattacks_autoattack(model, eps, steps=100, n_queries=5000, n_classes=10,
     return aa
 
 
-def aa_model(n_train=8000, epochs=2, out=None):
-    "The fine-tuned classifier of the AutoAttack rows (trained once by the trainer, then read from its run directory)."
+def aa_model(path=None, n_train=8000, epochs=2, out=None):
+    "The fine-tuned classifier of the AutoAttack rows: a saved checkpoint, or `quick_classifier` (trained once, then cached)."
+    if path:
+        from mimbench.models import load_model
+        return load_model(path)[0].eval()
     from mimbench.evaluate import quick_classifier
     return quick_classifier(n_train=n_train, epochs=epochs, out=out)
 
@@ -95,9 +107,10 @@ def autoattack_compare(model, x, y, eps, steps=100, n_queries=5000, seed=0, prof
     for name, f in runs.items():
         log = []
         with count_forwards(model, log) as stage, (_stages(name, stage) if profile else contextlib.nullcontext()):
-            sync(dev); t = time.perf_counter(); xa = f(); sync(dev); t = time.perf_counter() - t
+            sync(dev); t, c = time.perf_counter(), cpu_time(); xa = f(); sync(dev); t, c = time.perf_counter() - t, cpu_time() - c
         stages = list(dict.fromkeys(s for s, _, _ in log))
-        res[name] = {'time': t, 'robust_acc': acc(xa), 'forward_cost': forward_cost(log, n),
+        # on a shared CPU, the process CPU time (one thread) is the contention-robust measure; on CUDA, wall time
+        res[name] = {'time': c if torch.device(dev).type == 'cpu' else t, 'wall': t, 'cpu': c, 'robust_acc': acc(xa), 'forward_cost': forward_cost(log, n),
                      'grad_forward_cost': forward_cost(log, n, grad=True),
                      'max_linf': (xa - x).abs().max().item(),
                      'by_stage': {s: {'forward_cost': forward_cost(log, n, s),
@@ -139,6 +152,7 @@ def _stages(name, stage):
 def print_autoattack(r):
     print(f"\nAutoAttack (standard, linf ε={r['eps']:.4g}, steps {r['steps']}, Square {r['n_queries']} queries) on "
           f"the fine-tuned micro ViT, n={r['n']}, clean accuracy {r['clean_acc']:.1%}")
+    print("times: process CPU time on CPU (robust on a shared machine), wall time on CUDA")
     print(f"{'attack':<13}{'ours s':>9}{'theirs s':>10}{'ratio':>7}{'ours rob.':>11}{'theirs rob.':>13}{'ours fwd':>10}{'theirs fwd':>12}  (fwd: images forwarded / n, with autograd on)")
     for a in ('apgd-ce', 'autoattack'):
         o, t = r[f'{a} ours'], r[f'{a} torchattacks']
@@ -159,6 +173,7 @@ def main():
     ap.add_argument('--threads', type=int, default=None); ap.add_argument('--reps', type=int, default=2)
     ap.add_argument('--fast', action='store_true')
     ap.add_argument('--aa-n', type=int, default=500); ap.add_argument('--aa-eps', default='2/255')
+    ap.add_argument('--aa-model', default=None, help='checkpoint of the classifier (default: evaluate.quick_classifier())')
     ap.add_argument('--aa-steps', type=int, default=100); ap.add_argument('--aa-queries', type=int, default=5000)
     ap.add_argument('--no-aa', action='store_true', help='skip the AutoAttack rows')
     ap.add_argument('--no-throughput', action='store_true', help='only the AutoAttack rows')
@@ -187,7 +202,7 @@ def main():
         from mimbench.core import parse_eps
         eps = parse_eps(a.aa_eps)
         x, y = aa_data(a.aa_n, dev)
-        r = autoattack_compare(aa_model(), x, y, eps, a.aa_steps, a.aa_queries, profile=a.profile, dev=dev)
+        r = autoattack_compare(aa_model(a.aa_model), x, y, eps, a.aa_steps, a.aa_queries, profile=a.profile, dev=dev)
         print_autoattack(r)
         print(f"load {load_average()}")
         for k, target in (('apgd-ce', 1.0), ('autoattack', 1.2)):
