@@ -313,7 +313,8 @@ def _free_port() -> int:
 
 def _ddp_worker(rank, world, port, out):
     "One DDP rank: train each of DDP_RUNS for 3 steps through the trainer, save this rank's final state."
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      CUDA_VISIBLE_DEVICES='')           # CPU ranks even on a GPU machine (the trainer puts DDP ranks on cuda:rank)
     torch.set_num_threads(1)
     import torch.distributed as dist
     dist.init_process_group('gloo', rank=rank, world_size=world)
