@@ -302,6 +302,21 @@ def test_cli_mimir_pretrain_pgd_at_finetune_and_adaptive_eval(tmp_path, capsys):
     _cli_inproc(capsys, 'export-encoder', rot, '--out', tmp_path / 'enc.safetensors')
     assert load_model(tmp_path / 'enc.safetensors')[0].head.out_features == 10
 
+class _Counting(torch.nn.Module):
+    "A stand-in for the DDP wrapper (`unwrap` finds `.module`) that counts the forwards going through it."
+    def __init__(self, module): super().__init__(); self.module, self.calls = module, 0
+    def forward(self, *a, **k): self.calls += 1; return self.module(*a, **k)
+
+@pytest.mark.parametrize('recipe,args', [('mimir', {}), ('adv-bert', {}), ('adv-bert', {'variant': 'sign-pgd'})])
+def test_one_forward_of_the_wrapped_model_per_step(recipe, args):
+    "Under DDP each extra forward of the wrapper re-broadcasts buffers and re-arms the reducer: one per training step."
+    pt, model = _model(recipe, **args)
+    net = _Counting(model)
+    for step in range(2):                                  # adv-bert: a clean and an adversarial step
+        torch.manual_seed(step); net.calls = 0
+        pt.loss(net, _x())
+        assert net.calls == 1, (recipe, args, step, net.calls)
+
 # --- DDP: two gloo processes must hold identical adversaries and weights ---
 
 DDP_RUNS = {'adpe-ape-emb': ('adpe-ape-emb', {}), 'adpe-rpe-coord': ('adpe-rpe-coord', {}), 'mimir': ('mimir', {}),
