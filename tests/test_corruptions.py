@@ -51,7 +51,7 @@ def test_any_image_stays_an_image(name, severity, seed, size):
 
 def test_unknown_names_list_the_known_ones(colour, fmnist_test, quick_model):
     with pytest.raises(KeyError, match="Did you mean 'gaussian_noise'.*Known: .*brightness"): corrupt(colour, 'gausian_noise')
-    with pytest.raises(KeyError, match='Known:'): get_dataset('cifar10-sample', 'test', corruption='fog')
+    with pytest.raises(KeyError, match='Known:'): get_dataset('cifar10-sample', 'test', corruption='fogg')
     with pytest.raises(KeyError, match="Did you mean 'motion_blur'"): shift_accuracy(quick_model, fmnist_test, corruptions='motion_blurr')
     with pytest.raises(ValueError, match='0–5'): corrupt(colour, 'contrast', 7)
     with pytest.raises(ValueError, match='3-channel'): corrupt(colour[:, :1], 'saturate')
@@ -90,11 +90,12 @@ def test_clean_accuracy_agrees_everywhere(quick_model, fmnist_test):
 
 def test_shift_report(quick_model, fmnist_test, tmp_path):
     r = shift_accuracy(quick_model, fmnist_test, corruptions='all', severities=[1, 5], n=200, cache=tmp_path, progress=False)
-    assert r.skipped == ['saturate'] and len(r.corruptions) == 11
+    grey = corruption_names(1)                                  # every registered corruption that applies to 1 channel
+    assert r.skipped == ['saturate'] and r.corruptions == grey and len(grey) >= 11
     for c in r.corruptions: assert r.accuracy[c]['5'] <= r.accuracy[c]['1'] + 0.05, (c, r.accuracy[c])
     assert r.mean_corruption_accuracy < r.clean
     assert abs(r.relative_drop - (1 - r.mean_corruption_accuracy / r.clean)) < 1e-12
-    assert abs(r.mean_corruption_accuracy - sum(r.per_corruption.values()) / 11) < 1e-9
+    assert abs(r.mean_corruption_accuracy - sum(r.per_corruption.values()) / len(grey)) < 1e-9
     back = ShiftReport.from_json(r.to_json(tmp_path / 's.json') and tmp_path / 's.json')
     assert back.accuracy == r.accuracy
     md = r.to_markdown()
