@@ -13,13 +13,16 @@ import torch.nn.functional as F
 from .core import Registry, check_images
 
 # %% auto #0
-__all__ = ['FASHION_CLASSES', 'DATASETS', 'CIFAR10_CLASSES', 'IMAGE_EXTS', 'AUGMENTATIONS', 'SEVERITIES', 'CORRUPTIONS',
-           'CORRUPTION_VERSION', 'ImageDataset', 'load_batch', 'subset', 'to_uint8_images', 'data_home', 'read_idx',
-           'check_split', 'fashion_mnist', 'cifar10', 'cifar10_sample', 'imagefolder', 'get_dataset', 'list_datasets',
-           'random_resized_crop', 'random_hflip', 'Corruption', 'gaussian_noise', 'shot_noise', 'impulse_noise',
-           'disk_kernel', 'defocus_blur', 'motion_kernel', 'motion_blur', 'zoom_blur', 'contrast', 'brightness',
-           'saturate', 'jpeg_compression', 'pixelate', 'elastic_transform', 'image_seeds', 'check_severity', 'corrupt',
-           'corruption_names', 'CorruptedDataset', 'corruption_cache', 'dataset_fingerprint', 'corrupt_dataset']
+__all__ = ['FASHION_CLASSES', 'DATASETS', 'CIFAR10_CLASSES', 'CIFAR_PICKLE_GLOBALS', 'IMAGE_EXTS', 'AUGMENTATIONS', 'SEVERITIES',
+           'CORRUPTIONS', 'CORRUPTION_VERSION', 'ImageDataset', 'load_batch', 'subset', 'to_uint8_images', 'data_home',
+           'read_idx', 'check_split', 'fashion_mnist', 'NotACifarBatch', 'CifarUnpickler', 'read_cifar_batch',
+           'cifar10', 'write_cifar_batch', 'synthetic_cifar10', 'cifar10_sample', 'imagefolder', 'cifar10_c',
+           'imagenet_c', 'remap_classes', 'get_dataset', 'list_datasets', 'random_resized_crop', 'random_hflip',
+           'Corruption', 'gaussian_noise', 'shot_noise', 'impulse_noise', 'disk_kernel', 'defocus_blur',
+           'motion_kernel', 'motion_blur', 'zoom_blur', 'clipped_zoom', 'gaussian_kernel', 'local_shuffle',
+           'glass_blur', 'plasma_fractal', 'fog', 'snow', 'contrast', 'brightness', 'saturate', 'jpeg_compression',
+           'pixelate', 'elastic_transform', 'image_seeds', 'check_severity', 'corrupt', 'corruption_names',
+           'CorruptedDataset', 'corruption_cache', 'dataset_fingerprint', 'corrupt_dataset']
 
 # %% ../nbs/01_data.ipynb #ff8ef857
 class ImageDataset(torch.utils.data.Dataset):
@@ -111,6 +114,52 @@ def fashion_mnist(split='train', root=None, img_size=32, channels=3):
 # %% ../nbs/01_data.ipynb #bdc0cb81
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 
+class NotACifarBatch(pickle.UnpicklingError):
+    "A file that the CIFAR-10 batch reader refuses: a global outside the format, or the wrong structure."
+
+def _np_reconstruct(cls, shape, dtype_char):
+    "numpy's array `_reconstruct`, for plain `ndarray`s only."
+    if cls is not np.ndarray: raise NotACifarBatch(f"array of class {cls!r} (only numpy.ndarray)")
+    try: from numpy._core.multiarray import _reconstruct
+    except ImportError: from numpy.core.multiarray import _reconstruct   # numpy < 2
+    return _reconstruct(cls, shape, dtype_char)
+
+def _np_uint8_dtype(spec, align=False, copy=False):
+    "numpy's `dtype`, for `uint8` only (what a CIFAR-10 batch's `data` is)."
+    if spec not in ('u1', b'u1'): raise NotACifarBatch(f"numpy dtype {spec!r} (only uint8, 'u1')")
+    return np.dtype('u1', align, copy)
+
+CIFAR_PICKLE_GLOBALS = {('numpy.core.multiarray', '_reconstruct'): _np_reconstruct,    # as the batches were written
+                        ('numpy._core.multiarray', '_reconstruct'): _np_reconstruct,   # as numpy ≥ 2 writes it
+                        ('numpy', 'ndarray'): np.ndarray,
+                        ('numpy', 'dtype'): _np_uint8_dtype}
+
+class CifarUnpickler(pickle.Unpickler):
+    "An unpickler that admits only the globals of a CIFAR-10 python batch (`CIFAR_PICKLE_GLOBALS`)."
+    def __init__(self, f, path=''):
+        super().__init__(f, encoding='bytes'); self.path = path
+    def find_class(self, module, name):
+        if (module, name) in CIFAR_PICKLE_GLOBALS: return CIFAR_PICKLE_GLOBALS[module, name]
+        raise NotACifarBatch(f"{self.path or 'The file'} is not a CIFAR-10 batch: its pickle asks for the global "
+                             f"{module}.{name}, which the format never holds (allowed: numpy's _reconstruct, ndarray and "
+                             f"dtype). Refusing to load it, as unpickling it could run code. Use the original batches of "
+                             f"cifar-10-python.tar.gz.")
+    def persistent_load(self, pid): raise NotACifarBatch(f"{self.path}: persistent id {pid!r} — not a CIFAR-10 batch.")
+
+def read_cifar_batch(path) -> tuple:
+    "Images (uint8 N×3×32×32) and labels of one CIFAR-10 python batch, read without running anything in the file."
+    with open(path, 'rb') as f:
+        try: batch = CifarUnpickler(f, path).load()
+        except NotACifarBatch as e:
+            if str(e).startswith(str(path)): raise
+            raise NotACifarBatch(f"{path} is not a CIFAR-10 batch: it holds a {e}.") from None
+    data, labels = (batch.get(b'data'), batch.get(b'labels')) if isinstance(batch, dict) else (None, None)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
+            and isinstance(labels, list) and len(labels) == len(data) and all(type(l) is int and 0 <= l < 10 for l in labels)):
+        raise NotACifarBatch(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' (uint8 N×3072) and "
+                             f"b'labels' (N ints 0–9).")
+    return data.reshape(-1, 3, 32, 32), labels
+
 def _cifar_dir(root):
     if root is None:
         raise FileNotFoundError("cifar10 needs root=<folder with the python batches> (data_batch_1..5, test_batch). "
@@ -125,17 +174,47 @@ def _cifar_dir(root):
 
 @_register('cifar10', 'CIFAR-10, 50k/10k RGB 32×32 from a local root (python batches)')
 def cifar10(split='train', root=None, img_size=32, channels=3):
-    "CIFAR-10 from the standard python-pickle batches in `root`."
+    "CIFAR-10 from the standard python-pickle batches in `root` (read with `CifarUnpickler`)."
     d = _cifar_dir(root)
     names = [f'data_batch_{i}' for i in range(1, 6)] if split == 'train' else ['test_batch']
     missing = [n for n in names if not (d / n).exists()]
     if missing: raise FileNotFoundError(f"cifar10 root {d} lacks {missing}.")
-    xs, ys = [], []
-    for n in names:
-        with open(d / n, 'rb') as f: batch = pickle.load(f, encoding='bytes')   # the user's own local file
-        xs.append(np.asarray(batch[b'data'], dtype=np.uint8).reshape(-1, 3, 32, 32)); ys += list(batch[b'labels'])
+    xs, ys = zip(*[read_cifar_batch(d / n) for n in names])
     images = torch.from_numpy(np.concatenate(xs))
-    return ImageDataset(to_uint8_images(images, img_size, channels), torch.tensor(ys), CIFAR10_CLASSES, 'cifar10')
+    return ImageDataset(to_uint8_images(images, img_size, channels), torch.tensor(sum(ys, [])), CIFAR10_CLASSES, 'cifar10')
+
+# %% ../nbs/01_data.ipynb #6de277a9
+class _Py2Pickler(pickle._Pickler):
+    "Protocol-2 pickles as Python 2's cPickle wrote them: str and bytes as byte strings, numpy under `numpy.core`."
+    dispatch = dict(pickle._Pickler.dispatch)
+    def save_bytes(self, obj):
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + n.to_bytes(4, 'little')) + obj)
+        self.memoize(obj)
+    dispatch[bytes] = save_bytes
+    def save_str(self, obj): self.save_bytes(obj.encode('latin-1'))
+    dispatch[str] = save_str
+    def save_global(self, obj, name=None):
+        module = {'numpy._core.multiarray': 'numpy.core.multiarray'}.get(obj.__module__, obj.__module__)
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__name__}\n".encode()); self.memoize(obj)
+    dispatch[type] = save_global
+
+def write_cifar_batch(path, images, labels, batch_label:str='synthetic batch'):
+    "Write uint8 N×3×32×32 `images` and `labels` as a CIFAR-10 python batch (the original Python 2 format)."
+    images = np.ascontiguousarray(np.asarray(images, dtype=np.uint8).reshape(len(images), 3072))
+    batch = {b'batch_label': batch_label.encode(), b'labels': [int(l) for l in labels], b'data': images,
+             b'filenames': [f'synthetic_{i}.png'.encode() for i in range(len(images))]}
+    with open(path, 'wb') as f: _Py2Pickler(f, protocol=2).dump(batch)
+
+def synthetic_cifar10(root, n:int=10, seed:int=0) -> Path:
+    "A standard `cifar-10-batches-py` folder in `root` with `n` random images per batch (for tests and dry runs)."
+    d = Path(root) / 'cifar-10-batches-py'; d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate([f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']):
+        write_cifar_batch(d / name, rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n),
+                          f'training batch {i + 1} of 5' if i < 5 else 'testing batch 1 of 1')
+    (d / 'batches.meta').write_bytes(b'')   # present in the real folder; not read
+    return d
 
 # %% ../nbs/01_data.ipynb #7a890900
 def _read_pngs(paths):
@@ -168,20 +247,141 @@ def imagefolder(split='train', root=None, img_size=32, channels=3):
     return ImageDataset(torch.cat(imgs), torch.tensor([i for _, i in files]), classes, f'imagefolder:{root}')
 
 # %% ../nbs/01_data.ipynb #0c32d279
+def _test_only(name, split):
+    if split != 'test': raise ValueError(f"{name} is a test set only: load it with split='test'.")
+
+def _find_dir(root, name, wanted:list, subdirs=('',)) -> Path:
+    "The first of `root/<subdir>` that holds all `wanted` files, or a FileNotFoundError saying what is expected where."
+    if root is None:
+        raise FileNotFoundError(f"{name} needs root=<folder holding {', '.join(wanted)}>; nothing is downloaded.")
+    root = Path(root)
+    for s in subdirs:
+        if all((root / s / w).exists() for w in wanted): return root / s
+    places = ' or '.join(str(root / s) for s in subdirs)
+    raise FileNotFoundError(f"{name}: expected {', '.join(wanted)} in {places}" +
+                            ('' if root.exists() else f" ({root} does not exist)") + '.')
+
+def _npy(path) -> np.ndarray:
+    "A plain array from a .npy file (memory-mapped; `allow_pickle=False`: object arrays are refused)."
+    try: return np.load(path, mmap_mode='r', allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a plain numeric .npy array (read with allow_pickle=False, so arrays of Python "
+                         f"objects, which would unpickle, are refused): {e}") from None
+
+def _hwc_uint8(a, path) -> torch.Tensor:
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"{path} should hold uint8 N×H×W×3 images, got {a.dtype} {tuple(a.shape)}.")
+    return torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous()          # a copy: the file is memory-mapped
+
+def _labels(a, path, n) -> torch.Tensor:
+    if a.ndim != 1 or len(a) != n or a.dtype.kind not in 'iu':
+        raise ValueError(f"{path} should hold {n} integer labels, got {a.dtype} {tuple(a.shape)}.")
+    return torch.from_numpy(np.array(a, dtype=np.int64))
+
+def _cifar10_1(version):
+    def load(split='test', root=None, img_size=32, channels=3):
+        name = 'cifar10.1' + ('' if version == 'v6' else f'-{version}')
+        _test_only(name, split)
+        files = [f'cifar10.1_{version}_data.npy', f'cifar10.1_{version}_labels.npy']
+        try: d = _find_dir(root, name, files, ('', 'datasets'))
+        except FileNotFoundError as e:
+            other = 'v4' if version == 'v6' else 'v6'
+            if root is not None and any((Path(root) / s / f'cifar10.1_{other}_data.npy').exists() for s in ('', 'datasets')):
+                raise FileNotFoundError(f"{e} The {other} files are there: use '{'cifar10.1' if other == 'v6' else 'cifar10.1-v4'}'.") from None
+            raise
+        x = _hwc_uint8(_npy(d / files[0]), d / files[0])
+        return ImageDataset(to_uint8_images(x, img_size, channels), _labels(_npy(d / files[1]), d / files[1], len(x)),
+                            CIFAR10_CLASSES, name)
+    return load
+
+_register('cifar10.1', 'CIFAR-10.1 v6, 2,000 new CIFAR-10-like test images: root holds cifar10.1_v6_{data,labels}.npy')(_cifar10_1('v6'))
+_register('cifar10.1-v4', 'CIFAR-10.1 v4 (2,021 images): root holds cifar10.1_v4_{data,labels}.npy')(_cifar10_1('v4'))
+
+def _shift_spec(name, spec) -> tuple:
+    "'fog:3' → ('fog', 3), with errors that show the syntax."
+    parts = (spec or '').split(':')
+    if len(parts) != 2 or not parts[0] or not parts[1].isdigit() or not 1 <= int(parts[1]) <= 5:
+        raise ValueError(f"Name a corruption and a severity 1–5: '{name}:<corruption>:<severity>', e.g. '{name}:fog:3' "
+                         f"(got {name + ':' + spec if spec else name!r}).")
+    return parts[0], int(parts[1])
+
+@_register('cifar10-c', 'CIFAR-10-C: cifar10-c:<corruption>:<severity>, root holds <corruption>.npy and labels.npy')
+def cifar10_c(split='test', root=None, img_size=32, channels=3, spec=None):
+    "One corruption at one severity of the published CIFAR-10-C (`<corruption>.npy`: severities 1–5 × 10,000 images)."
+    _test_only('cifar10-c', split)
+    corruption, severity = _shift_spec('cifar10-c', spec)
+    try: d = _find_dir(root, 'cifar10-c', [f'{corruption}.npy', 'labels.npy'], ('', 'CIFAR-10-C'))
+    except FileNotFoundError as e:
+        there = sorted(p.stem for p in Path(root).glob('*.npy') if p.stem != 'labels') if root and Path(root).is_dir() else []
+        raise FileNotFoundError(f"{e}" + (f" Corruptions found there: {', '.join(there)}." if there else '')) from None
+    data, labels = _npy(d / f'{corruption}.npy'), _npy(d / 'labels.npy')
+    if len(data) % 5 or len(labels) != len(data):
+        raise ValueError(f"{d / f'{corruption}.npy'} should hold 5 severities × N images with as many labels in labels.npy; "
+                         f"got {len(data)} images and {len(labels)} labels.")
+    n = len(data) // 5; rows = slice((severity - 1) * n, severity * n)
+    x = _hwc_uint8(data[rows], d / f'{corruption}.npy')
+    return ImageDataset(to_uint8_images(x, img_size, channels), _labels(labels[rows], d / 'labels.npy', n),
+                        CIFAR10_CLASSES, f'cifar10-c:{corruption}:{severity}')
+
+@_register('imagenet-c', 'ImageNet-C: imagenet-c:<corruption>:<severity>, root holds <corruption>/<severity>/<wnid>/*.JPEG')
+def imagenet_c(split='test', root=None, img_size=32, channels=3, spec=None):
+    "One corruption at one severity of ImageNet-C, from its folder tree (class folders under `<corruption>/<severity>`)."
+    _test_only('imagenet-c', split)
+    corruption, severity = _shift_spec('imagenet-c', spec)
+    if root is None: raise FileNotFoundError("imagenet-c needs root=<ImageNet-C folder with <corruption>/<severity>/<wnid>/*.JPEG>.")
+    root = Path(root)
+    cands = [root / corruption / str(severity)] + sorted(root.glob(f'*/{corruption}/{severity}'))
+    d = next((c for c in cands if c.is_dir()), None)
+    if d is None:
+        raise FileNotFoundError(f"imagenet-c: expected {root / corruption / str(severity)}/<wnid>/*.JPEG "
+                                f"(or <category>/{corruption}/{severity}/ under {root}).")
+    ds = imagefolder('test', d, img_size, channels); ds.name = f'imagenet-c:{corruption}:{severity}'
+    return ds
+
+def _imagenet_variant(name, subdirs=('',)):
+    def load(split='test', root=None, img_size=32, channels=3):
+        _test_only(name, split)
+        if root is None: raise FileNotFoundError(f"{name} needs root=<folder of <wnid>/ class folders>.")
+        d = next((Path(root) / s for s in subdirs if (Path(root) / s).is_dir() and
+                  any(p.is_dir() for p in (Path(root) / s).iterdir())), None)
+        if d is None: raise FileNotFoundError(f"{name}: expected class folders <wnid>/<image> in {' or '.join(str(Path(root) / s) for s in subdirs)}.")
+        ds = imagefolder('test', d, img_size, channels); ds.name = name
+        return ds
+    return load
+
+_register('imagenet-r', 'ImageNet-R, renditions of 200 classes: root holds <wnid>/*.jpg')(_imagenet_variant('imagenet-r'))
+_register('imagenet-a', 'ImageNet-A, natural adversarial examples, 200 classes: root holds <wnid>/*.jpg')(_imagenet_variant('imagenet-a'))
+_register('imagenet-sketch', 'ImageNet-Sketch, 1,000 classes: root holds <wnid>/*.JPEG (or sketch/<wnid>/)')(_imagenet_variant('imagenet-sketch', ('sketch', '')))
+
+def remap_classes(ds:ImageDataset, classes:list) -> ImageDataset:
+    "`ds` with its labels renumbered as indices into `classes` (e.g. a 200-class ImageNet-R into a model's 1,000 wnids)."
+    pos = {c: i for i, c in enumerate(classes)}
+    missing = [c for c in ds.classes if c not in pos]
+    if missing: raise KeyError(f"{ds.name}: classes {missing[:5]}{'…' if len(missing) > 5 else ''} are not in the given class list.")
+    lut = torch.tensor([pos[c] for c in ds.classes])
+    return ImageDataset(ds.images, lut[ds.targets], list(classes), ds.name)
+
+_NEEDS_ROOT = {'cifar10', 'imagefolder', 'cifar10.1', 'cifar10.1-v4', 'cifar10-c', 'imagenet-c', 'imagenet-r', 'imagenet-a',
+               'imagenet-sketch'}
+_WITH_SPEC = {'cifar10-c', 'imagenet-c'}   # name:<corruption>:<severity>
+
+# %% ../nbs/01_data.ipynb #14f56b42
 def get_dataset(name:str, split:str='train', root=None, img_size:int=32, channels:int=3,
                 corruption:str|None=None, severity:int=3, seed:int=0, cache=None) -> ImageDataset:
     "A dataset of `(float C×H×W in [0,1], int label)` by name (see `list_datasets()`), optionally shifted by a `corruption`."
     check_split(split)
     if channels not in (1, 3): raise ValueError(f"channels must be 1 or 3, got {channels}.")
+    kw = {}
     if name.startswith('imagefolder:'): name, root = 'imagefolder', name.split(':', 1)[1]
-    ds = DATASETS[name](split=split, root=root, img_size=img_size, channels=channels)
+    elif name.split(':', 1)[0] in _WITH_SPEC: name, kw['spec'] = (name.split(':', 1) + [None])[:2]
+    ds = DATASETS[name](split=split, root=root, img_size=img_size, channels=channels, **kw)
     if corruption is None: return ds
     return corrupt_dataset(ds, corruption, severity, seed, cache=cache)   # defined in "Common corruptions" below
 
 def list_datasets() -> list:
     "Each registered dataset with a description and whether it can be loaded here without a root."
     def available(n):
-        if n in ('cifar10', 'imagefolder'): return False
+        if n in _NEEDS_ROOT: return False
         try: return (data_home() / n).is_dir()
         except FileNotFoundError: return False
     return [{'name': n, 'description': _DESCRIPTIONS[n], 'available': available(n)} for n in DATASETS]
@@ -299,13 +499,91 @@ def motion_blur(x, c, gens):
 @_corruption('zoom_blur', 'blur', [(1, 1.06), (1, 1.11), (1, 1.16), (1, 1.21), (1, 1.26)])
 def zoom_blur(x, c, gens):
     "Mean of the image and its centre zooms by factors 1, 1.01, … up to `c[1]` (bilinear)."
-    h = x.shape[-1]; out = x.clone(); zooms = np.arange(c[0], c[1], 0.01)
-    for z in zooms:
-        ch = math.ceil(h / z); top = (h - ch) // 2
-        big = F.interpolate(x[..., top:top + ch, top:top + ch], size=round(ch * z), mode='bilinear', align_corners=True)
-        t = (big.shape[-1] - h) // 2
-        out += big[..., t:t + h, t:t + h]
+    zooms = np.arange(c[0], c[1], 0.01)
+    out = x.clone()
+    for z in zooms: out += clipped_zoom(x, z)
     return out / (len(zooms) + 1)
+
+def clipped_zoom(x, z:float) -> torch.Tensor:
+    "The centre of `x` enlarged by the factor `z` (bilinear), cropped back to the input size (ImageNet-C's `clipped_zoom`)."
+    h = x.shape[-1]; ch = math.ceil(h / z); top = (h - ch) // 2
+    big = F.interpolate(x[..., top:top + ch, top:top + ch], size=round(ch * z), mode='bilinear', align_corners=True)
+    t = (big.shape[-1] - h) // 2
+    return big[..., t:t + h, t:t + h]
+
+# %% ../nbs/01_data.ipynb #653ebe52
+def gaussian_kernel(sigma:float, truncate:float=4.0) -> torch.Tensor:
+    "A normalised 2-D Gaussian of σ `sigma` and radius `int(truncate·σ + 0.5)` (scipy's `gaussian_filter`)."
+    r = int(truncate * sigma + 0.5)
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2)) if sigma > 0 else (t == 0).double()
+    k = k / k.sum()
+    return (k[:, None] * k[None]).float()
+
+def local_shuffle(x, delta:int, iterations:int, gens) -> torch.Tensor:
+    "Sweep each image from the bottom right, swapping every pixel with one at offsets in [−δ, δ) (ImageNet-C's glass shuffle)."
+    n, ch, h, w = x.shape
+    pos = [(i, j) for i in range(h - delta, delta, -1) for j in range(w - delta, delta, -1)]
+    offs = torch.stack([torch.randint(-delta, delta, (iterations, len(pos), 2), generator=g) for g in gens])  # n×it×P×(dx, dy)
+    out, b = x.clone(), torch.arange(n)
+    for it in range(iterations):
+        for p, (i, j) in enumerate(pos):
+            i2, j2 = i + offs[:, it, p, 1], j + offs[:, it, p, 0]
+            here = out[b, :, i, j]                                  # n×ch (a copy: advanced indexing)
+            out[b, :, i, j] = out[b, :, i2, j2]; out[b, :, i2, j2] = here
+    return out
+
+@_corruption('glass_blur', 'blur', [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)], random=True)
+def glass_blur(x, c, gens):
+    "Gaussian blur (σ `c[0]`), `c[2]` sweeps of local pixel swaps (δ `c[1]`), Gaussian blur again."
+    s = _scale(x); k = gaussian_kernel(c[0] * s)
+    return _filter(local_shuffle(_filter(x, k, 'replicate'), max(1, round(c[1] * s)), c[2], gens), k, 'replicate')
+
+# %% ../nbs/01_data.ipynb #0f47e7de
+def plasma_fractal(gens, mapsize:int=32, wibbledecay:float=3) -> torch.Tensor:
+    "One diamond-square height map per generator, `mapsize`² (a power of two), in [0, 1] (ImageNet-C's `plasma_fractal`)."
+    assert mapsize & (mapsize - 1) == 0, 'mapsize must be a power of two'
+    m = mapsize
+    u = torch.stack([torch.rand(m * m - 1, generator=g, dtype=torch.float64) for g in gens]) * 2 - 1   # all draws, n×(m²−1)
+    a = torch.zeros(len(gens), m, m, dtype=torch.float64)
+    used, step, wibble = 0, m, 100.
+    def wibbled_mean(t):                                       # mean of four neighbours + wibble·U(−wibble, wibble)
+        nonlocal used
+        k = t[0].numel(); r = u[:, used:used + k].reshape(t.shape); used += k
+        return t / 4 + wibble * wibble * r
+    while step >= 2:
+        h = step // 2
+        corner = a[:, 0::step, 0::step]
+        sq = corner + corner.roll(-1, 1); sq = sq + sq.roll(-1, 2)
+        a[:, h::step, h::step] = wibbled_mean(sq)                                          # squares
+        dr, ul = a[:, h::step, h::step], a[:, 0::step, 0::step]
+        a[:, 0::step, h::step] = wibbled_mean(dr + dr.roll(1, 1) + ul + ul.roll(-1, 2))    # diamonds
+        a[:, h::step, 0::step] = wibbled_mean(dr + dr.roll(1, 2) + ul + ul.roll(-1, 1))
+        step //= 2; wibble /= wibbledecay
+    a = a - a.amin((1, 2), keepdim=True)
+    return a / a.amax((1, 2), keepdim=True)
+
+@_corruption('fog', 'weather', [(.2, 3), (.5, 3), (.75, 2.5), (1, 2), (1.5, 1.75)], random=True)
+def fog(x, c, gens):
+    "A grey fractal haze of strength `c[0]` (roughness decay `c[1]`) added, then rescaled to keep the image's maximum."
+    h, w = x.shape[-2:]
+    haze = plasma_fractal(gens, 2 ** math.ceil(math.log2(max(h, w, 2))), c[1])[:, None, :h, :w].to(x)
+    top = x.amax((1, 2, 3), keepdim=True)
+    return (x + c[0] * haze) * top / (top + c[0])
+
+@_corruption('snow', 'weather', [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+                                 (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)], random=True)
+def snow(x, c, gens):
+    "Flakes N(c[0], c[1]) zoomed by c[2], thresholded at c[3], motion-blurred (radius c[4], σ c[5]); image blended by c[6]."
+    n, ch, h, w = x.shape; s = _scale(x)
+    flakes = torch.stack([torch.randn(1, h, w, generator=g) for g in gens]).to(x) * c[1] + c[0]
+    flakes = clipped_zoom(flakes, c[2])
+    flakes = torch.where(flakes < c[3], torch.zeros_like(flakes), flakes).clamp(0, 1)
+    angles = [float(torch.rand(1, generator=g)) * 90 - 135 for g in gens]
+    flakes = _filter(flakes, torch.stack([motion_kernel(c[4] * s, c[5] * s, a) for a in angles]), padding='replicate')
+    grey = x if ch == 1 else (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1).to(x)).sum(1, keepdim=True)
+    x = c[6] * x + (1 - c[6]) * torch.maximum(x, grey * 1.5 + 0.5)
+    return x + flakes + flakes.flip(-2, -1)
 
 # %% ../nbs/01_data.ipynb #26f2c618
 @_corruption('contrast', 'colour', [.75, .5, .4, .3, 0.15])
