@@ -278,7 +278,8 @@ QUICK_SWEEP = dict(sigmas=range(0, 161, 40), attacks=[('pgd', {'steps': 5})], ep
 
 def quick_sweep(defense, data, **kw):
     "`sigma_sweep` with the explorers' quick settings (PGD-5 with EOT 2 on 32 images, σ = 0, 40, …, 160), cached."
-    kw = {**QUICK_SWEEP, 'progress': False, **kw}
+    quick = {k: v for k, v in QUICK_SWEEP.items() if not (k == 'attack_kwargs' and 'attacks' in kw)}   # EOT 2 is for its own PGD
+    kw = {**quick, 'progress': False, **kw}
     if 'sanity' not in inspect.signature(sigma_sweep).parameters: kw.pop('sanity')   # older sigma_sweep: checks always on
     return sigma_sweep(defense, data, **kw)
 
