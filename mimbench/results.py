@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 from fastcore.script import call_parse, store_true
-from .core import Registry, atomic_write, config_hash, format_eps, parse_eps
+from .core import Registry, atomic_write, config_hash, code_version, code_changes, module_closure
 from .data import dataset_fingerprint
 from .evaluate import RobustReport, ShiftReport, robust_accuracy, shift_accuracy, _checkpoint_data
 
 # %% auto #0
-__all__ = ['Z95', 'PROTOCOLS', 'SCALES', 'METHODS', 'wilson_interval', 'pack_flags', 'unpack_flags', 'mcnemar', 'package_digest',
+__all__ = ['Z95', 'PROTOCOLS', 'SCALES', 'METHODS', 'wilson_interval', 'pack_flags', 'unpack_flags', 'mcnemar', 'record_code',
            'git_state', 'device_name', 'provenance', 'Protocol', 'register_protocol', 'ResultRecord', 'load_records',
            'check_record', 'make_record', 'describe_run', 'sample_digest', 'evaluate_protocol', 'Leaderboard',
            'leaderboard', 'leaderboard_text', 'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol',
@@ -55,14 +55,12 @@ def mcnemar(a, b) -> dict:
     return {'only_a': only_a, 'only_b': only_b, 'p': float(p)}
 
 # %% ../nbs/17_results.ipynb #c551c31e
-def package_digest(n:int=12) -> str:
-    "sha256 over the source of every module of the installed mimbench package (file names and bytes, sorted)."
-    import mimbench
-    h = hashlib.sha256()
-    for p in sorted(Path(mimbench.__file__).parent.glob('*.py')):
-        if p.name == '_modidx.py': continue            # an index of the others: no behaviour of its own
-        h.update(p.name.encode()); h.update(p.read_bytes())
-    return h.hexdigest()[:n]
+def record_code(attacks=()) -> dict:
+    "The `code_version` of an evaluation: the results store and harness, plus the modules that define `attacks`."
+    from mimbench.attacks import ATTACKS
+    names = [a[0] if isinstance(a, (list, tuple)) else a for a in attacks]
+    roots = ['mimbench.results'] + [getattr(ATTACKS[a].fn, '__module__', None) for a in names if isinstance(a, str)]
+    return code_version(module_closure([r for r in roots if r and r.startswith('mimbench.')]))
 
 def git_state(path=None) -> dict:
     "The git commit of the tree holding `path` (default: the package) and whether it has uncommitted changes."
@@ -82,11 +80,11 @@ def device_name(device=None) -> str:
     if device.type == 'cuda': return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
 
-def provenance(device=None) -> dict:
-    "Which code, commit, library and device made a result."
-    import mimbench
-    return {'mimbench': mimbench.__version__, 'code_digest': package_digest(), **git_state(), 'torch': torch.__version__,
-            'device': device_name(device)}
+def provenance(device=None, attacks=()) -> dict:
+    "Which code (see `record_code`), commit, library and device made a result."
+    code = record_code(attacks)
+    return {'mimbench': code['version'], 'code_digest': code['digest'], 'code': code, **git_state(),
+            'torch': torch.__version__, 'device': device_name(device)}
 
 # %% ../nbs/17_results.ipynb #8dc8dd60
 @dataclass(frozen=True)
@@ -155,9 +153,10 @@ class ResultRecord:
         safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in self.method)
         return f"{self.protocol['name']}--{safe}--seed{self.seed}--{what}"
 
-    def is_stale(self, digest:str|None=None) -> bool:
-        "True when the record was made by other code than the installed mimbench."
-        return self.provenance.get('code_digest') != (digest or package_digest())
+    def stale_reasons(self) -> list:
+        "What differs between the code that made the record and the installed code (empty: current)."
+        return code_changes(self.provenance.get('code'))
+    def is_stale(self) -> bool: return bool(self.stale_reasons())
 
     def to_json(self) -> str: return json.dumps(asdict(self), indent=1, default=str)
     def save(self, root='results') -> Path:
@@ -182,7 +181,7 @@ def check_record(rec:ResultRecord, tol:float=1e-9) -> list:
             out.append(f"{m}: stated {rec.metrics.get(m)} but the flags give {f.mean():.6f}")
         if not np.allclose(rec.interval.get(m, [np.nan, np.nan]), wilson_interval(int(f.sum()), len(f)), atol=1e-9):
             out.append(f"{m}: interval {rec.interval.get(m)} is not the Wilson interval of its flags")
-    for k in ('mimbench', 'code_digest', 'commit', 'dirty', 'torch', 'device'):
+    for k in ('mimbench', 'code_digest', 'code', 'commit', 'dirty', 'torch', 'device'):
         if k not in rec.provenance: out.append(f"provenance lacks {k!r}")
     for k in ('name', 'hash'):
         if k not in rec.protocol: out.append(f"protocol lacks {k!r}")
@@ -205,7 +204,7 @@ def make_record(method:str, protocol:Protocol, evaluated:dict, seed:int, flags:d
     metrics, interval, packed = _flag_metrics(flags)
     return ResultRecord(method=method, protocol={'name': protocol.name, 'hash': protocol.settings_hash(), 'settings': protocol.settings()},
                         evaluated=evaluated, seed=seed, n=ns.pop(), metrics=metrics, interval=interval, flags=packed,
-                        seconds=seconds or {}, provenance=provenance(device), kind=kind, extra=extra or {},
+                        seconds=seconds or {}, provenance=provenance(device, protocol.attack_list(evaluated.get('recipe'))), kind=kind, extra=extra or {},
                         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 # %% ../nbs/17_results.ipynb #97353a34
@@ -357,9 +356,8 @@ def _summary(recs:list, metric:str, base:list|None) -> dict|None:
 def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False) -> Leaderboard:
     "The table of `records` (one protocol): rows per method, mean ± sd over seeds, intervals, Δ vs `baseline` with McNemar."
     if not records: raise ValueError("No records to tabulate: run `mimbench leaderboard --run` or `evaluate_protocol` first.")
-    digest = package_digest()
-    stale = [r for r in records if r.is_stale(digest)]
-    current = records if include_stale else [r for r in records if not r.is_stale(digest)]
+    stale = [r for r in records if r.is_stale()]
+    current = records if include_stale else [r for r in records if not r.is_stale()]
     if include_stale and len({r.provenance.get('code_digest') for r in current}) > 1:
         raise ValueError(f"These records were made by {len({r.provenance.get('code_digest') for r in current})} code versions "
                          f"and cannot share one table; re-evaluate the stale ones with the current code.")
@@ -491,12 +489,12 @@ def scaled_protocol(name:str, scale:Scale) -> Protocol:
     "The protocol `name` with the scale's evaluation n (the micro scale evaluates a handful of images)."
     return PROTOCOLS[name] if scale.n is None else replace(PROTOCOLS[name], n=scale.n)
 
-def _existing(records, job:Job, scale:Scale, run_hash:str, digest:str):
+def _existing(records, job:Job, scale:Scale, run_hash:str):
     "The current record of `job`, if one exists."
     label_prefix, phash = job.label, scaled_protocol(job.protocol, scale).settings_hash()
     for r in records:
         if (r.protocol['name'] == job.protocol and r.protocol['hash'] == phash
-                and r.method.split(' [')[0] == label_prefix and r.seed == job.seed and not r.is_stale(digest)
+                and r.method.split(' [')[0] == label_prefix and r.seed == job.seed and not r.is_stale()
                 and any(run.get('config_hash') == run_hash for run in r.evaluated.get('runs', []))):
             return r
     return None
@@ -522,8 +520,8 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
     from mimbench.train import train, run_dir
     scale = SCALES[scale] if isinstance(scale, str) else scale
     jobs = plan_jobs(scale, protocols, methods, out, data_root)
-    digest, records = package_digest(), load_records(root)
-    todo = [j for j in jobs if _existing(records, j, scale, run_dir(j.finetune).name.rsplit('-', 1)[-1], digest) is None]
+    records = load_records(root)
+    todo = [j for j in jobs if _existing(records, j, scale, run_dir(j.finetune).name.rsplit('-', 1)[-1]) is None]
     log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
     if dry_run:
         for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")

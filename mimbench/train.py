@@ -405,6 +405,7 @@ def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
             x, y = load_batch(ds, batches[b][rank::world])
             x, y = aug(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             for g in optimizer.param_groups: g['lr'] = lr_at(step, total, warmup, lr, cfg.min_lr) * g['lr_scale']
+            if hasattr(objective, 'step'): objective.step = step   # objectives that follow the step count (adv-bert's alternation) resume exactly
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = objective.loss(net, x, y)
             loss = out['loss']

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mimbench.results import (PROTOCOLS, ResultRecord, check_record, leaderboard, leaderboard_text, load_records,
-                              make_record, package_digest, run_leaderboard, unpack_flags, wilson_interval)
+                              make_record, run_leaderboard, unpack_flags, wilson_interval)
 
 ROOT = Path(__file__).parent.parent
 
@@ -40,7 +40,9 @@ def test_leaderboard_refuses_mixing():
     with pytest.raises(ValueError, match='test samples'): leaderboard([a, _rec('x', 0, {'clean': f}, sample_digest='other')])
     other_prot = ResultRecord(**{**asdict(b), 'protocol': {**b.protocol, 'hash': 'different'}})
     with pytest.raises(ValueError, match='protocol settings'): leaderboard([a, other_prot])
-    stale = ResultRecord(**{**asdict(b), 'provenance': {**b.provenance, 'code_digest': 'x' * 12}})
+    code = {**b.provenance['code'], 'digest': 'x' * 12, 'modules': {**b.provenance['code']['modules'], 'mimbench.evaluate': 'x'}}
+    stale = ResultRecord(**{**asdict(b), 'provenance': {**b.provenance, 'code': code, 'code_digest': 'x' * 12}})
+    assert stale.stale_reasons() == ['mimbench.evaluate changed']
     lb = leaderboard([a, stale])                               # stale: left out and named, never averaged in
     assert [r['method'] for r in lb.rows] == ['mae'] and lb.stale == [stale.key]
     with pytest.raises(ValueError, match='code versions'): leaderboard([a, stale], include_stale=True)
@@ -76,4 +78,5 @@ def test_cli_leaderboard(tmp_path):
     p = run('--format', 'csv'); assert p.returncode == 0 and p.stdout.startswith('method,seeds')
     p = run('--format', 'pdf'); assert p.returncode == 1 and 'md, csv or html' in p.stderr
     p = run('--run', '--scale', 'micro', '--methods', 'mae', '--dry-run', '--out', str(tmp_path / 'runs'))
-    assert p.returncode == 0 and '1 to run' in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and '3 to run' in p.stdout, p.stdout + p.stderr     # mae: clean-ft, adv-ft and the randomized control
+    assert 'randomized' in p.stdout and not (tmp_path / 'runs').exists()             # a dry run trains nothing
