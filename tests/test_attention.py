@@ -59,12 +59,24 @@ def test_maps_on_mimbench_and_timm_models():
     assert mad.shape == (12, 3) and (mad > 0).all()
     with pytest.raises(TypeError, match='attention'): attention_maps(nn.Linear(3, 3), torch.rand(2, 3))
 
-def test_figures(quick_model, fmnist_test):
+def test_figures_show_the_map_they_name(quick_model, fmnist_test):
+    "Each panel is the attention of the named block/head/query, upsampled, normalised and not transposed."
     import matplotlib; matplotlib.use('Agg')
+    import torch.nn.functional as F
+    heat = torch.zeros(4, 4); heat[1, 2] = 1.                                    # one hot cell: row 1, column 2
+    h = torch.as_tensor(overlay(torch.zeros(1, 32, 32), heat).images[1].get_array())
+    hot = (h > 0.5).nonzero().float().mean(0)
+    assert h.shape == (32, 32) and h.max() == 1 and 8 <= hot[0] < 16 and 16 <= hot[1] < 24     # row 1, column 2 of 8-px cells
     x, _ = fmnist_test.get_batch(range(2))
-    fig = show_attention(quick_model, x, query=(1, 1), blocks=[0, 3], head=0)
+    fig = show_attention(quick_model, x, query=(1, 2), blocks=[0, 3], head=1)
     assert len(fig.axes) == 2 * 4
-    overlay(x[0], torch.rand(4, 4))
+    maps = attention_maps(quick_model, x)                                        # blocks × images × heads × 17 × 17
+    norm = lambda m: (lambda u: (u - u.min()) / (u.max() - u.min()))(F.interpolate(m[None, None], size=(32, 32), mode='bilinear')[0, 0])
+    for i in range(2):
+        for j, b in enumerate([0, 3]):                                           # query token: cls + row 1 × 4 + column 2
+            want = norm(maps[b, i, 1, 1 + 4 * 1 + 2, 1:].reshape(4, 4))
+            got = torch.as_tensor(fig.axes[i * 4 + j + 1].images[1].get_array())
+            assert torch.allclose(got.float(), want, atol=1e-5), (i, b)
 
 def test_attributions(quick_model, fmnist_test):
     x, y = fmnist_test.get_batch(range(4))
