@@ -66,6 +66,7 @@ class RobustReport(JSONReport):
     settings: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     robust: dict = field(default_factory=dict)    # {eps label: per-sample worst-case flags (0/1)}
+    correct: list = field(default_factory=list)   # per-sample clean flags (0/1; every pass right), same order as `robust`
 
     def eps_label(self, e) -> str: return format_eps(e)
 
@@ -250,7 +251,7 @@ def robust_accuracy(model, data, attacks=DEFAULT_ATTACKS, eps='8/255', norm:str=
     cfg = getattr(model, 'config', None)
     name = model_name or (f"vit-{cfg['preset']}" if isinstance(cfg, dict) and 'preset' in cfg else type(model).__name__)
     rep = RobustReport(model=str(name), data=data_name, n=n, norm=norm, eps=eps_list, attacks=labels, clean=clean.float().mean().item(),
-                       accuracy=acc, worst_case=worst, seconds=seconds, robust=robust,
+                       accuracy=acc, worst_case=worst, seconds=seconds, robust=robust, correct=clean.int().tolist(),
                        settings=dict(passes=passes, randomized=is_randomized(model), cascade=cascade, seed=seed,
                                      batch_size=batch_size, attack_kwargs=attack_kwargs, torch=torch.__version__))
     if sanity:

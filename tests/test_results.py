@@ -57,6 +57,7 @@ def test_micro_run_is_incremental_and_resumable(tmp_path):
     for r in recs:
         assert check_record(r) == [] and r.n == 16 and not r.is_stale()
         assert r.evaluated['runs'][0]['task'] == 'finetune' and 'mCA' in r.extra
+        assert {'clean', 'robust@4/255'} <= set(r.flags)          # clean flags too, so McNemar can pair clean accuracy
     assert {r.evaluated['runs'][0].get('init', {}).get('recipe') for r in recs} == {'mae', None}
     s2 = run_leaderboard('micro', ['clean-ft'], ['mae', 'scratch'], **kw)
     assert s2['todo'] == 0 and s2['done'] == 0
