@@ -55,12 +55,19 @@ def mcnemar(a, b) -> dict:
     return {'only_a': only_a, 'only_b': only_b, 'p': float(p)}
 
 # %% ../nbs/17_results.ipynb #c551c31e
+def _defining_module(fn) -> str|None:
+    "The mimbench module that defines `fn` (by its `__module__`, else by its name in nbdev's index of the package)."
+    mod = getattr(fn, '__module__', None) or ''
+    if mod.startswith('mimbench.'): return mod
+    from mimbench._modidx import d      # a function re-defined in a notebook's namespace (e.g. under nbdev_test) says '__main__'
+    return next((m for m, syms in d['syms'].items() if f"{m}.{getattr(fn, '__name__', '')}" in syms), None)
+
 def record_code(attacks=()) -> dict:
     "The `code_version` of an evaluation: the results store and harness, plus the modules that define `attacks`."
     from mimbench.attacks import ATTACKS
     names = [a[0] if isinstance(a, (list, tuple)) else a for a in attacks]
-    roots = ['mimbench.results'] + [getattr(ATTACKS[a].fn, '__module__', None) for a in names if isinstance(a, str)]
-    return code_version(module_closure([r for r in roots if r and r.startswith('mimbench.')]))
+    roots = ['mimbench.results'] + [_defining_module(ATTACKS[a].fn) for a in names if isinstance(a, str)]
+    return code_version(module_closure([r for r in roots if r]))
 
 def git_state(path=None) -> dict:
     "The git commit of the tree holding `path` (default: the package) and whether it has uncommitted changes."
