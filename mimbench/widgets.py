@@ -63,6 +63,7 @@ class Explorer:
         self.device, self.debounce, self.background = get_device(device), debounce, background
         self.status = W.HTML(layout=W.Layout(min_height='1.4em'))
         self.error, self.n_updates, self.last_latency, self.latencies = None, 0, None, []
+        self.lasting_error = None                        # (exception, label) of a background job whose failure a redraw must not hide
         self._lock, self._dirty, self._changed_at, self._worker, self._muted = threading.Lock(), False, 0., None, False
         self.widget = W.VBox().add_class('mimbench-' + type(self).__name__.lower())
 
@@ -93,8 +94,8 @@ class Explorer:
     def _run(self, t0):
         try:
             with torch.no_grad(): self.update()
-            self.error = None
-            self.status.value = self.summary()
+            self.error = self.lasting_error[0] if self.lasting_error else None   # a failed background job stays visible
+            self.status.value = self.summary() + (self._error_html(*self.lasting_error) if self.lasting_error else '')
         except Exception as e:
             self.error = e
             tb = traceback.extract_tb(e.__traceback__)[-1]
@@ -106,6 +107,10 @@ class Explorer:
 
     def update(self): raise NotImplementedError
     def summary(self) -> str: return ''
+    @staticmethod
+    def _error_html(e, prefix='') -> str:
+        "An exception as one red status line."
+        return f"<span style='color:#c00'><b>{prefix}{type(e).__name__}</b>: {html.escape(str(e))}</span>"
 
     def set_quietly(self, control, **values):
         "Set attributes of `control` from inside `update` without triggering another update."
@@ -331,7 +336,8 @@ class De3Explorer(Explorer):
                 self.status.value = old
                 self.changed()
             except Exception as e:
-                self.error = e; self.status.value = f"<span style='color:#c00'><b>σ sweep failed — {type(e).__name__}</b>: {html.escape(str(e))}</span>"
+                self.error, self.lasting_error = e, (e, 'σ sweep failed — ')
+                self.status.value = self._error_html(*self.lasting_error)
         if self.background: threading.Thread(target=compute, daemon=True, name='sigma-sweep').start()
         else: compute()
 

@@ -155,3 +155,11 @@ def test_sweep_computed_once_in_the_background_and_cached(defense, ds, tmp_path)
     t0 = time.perf_counter()
     w2 = De3Explorer(defense, ds, sweep_kwargs=kw, background=False)       # the second time it is read from disk
     assert w2.sweep == w.sweep and time.perf_counter() - t0 < 5
+
+def test_failed_sigma_sweep_stays_visible_after_a_redraw(defense, ds):
+    "A background σ sweep that fails must not be hidden by the next frame update (it was: refresh reset the error)."
+    w = De3Explorer(defense, ds, sweep=None, background=False, sweep_kwargs={'attacks': ['no-such-attack']})
+    assert isinstance(w.error, KeyError) and 'σ sweep failed' in w.status.value
+    w.sigma.value = 90
+    assert w.view['sigma'] == 90. and isinstance(w.error, KeyError)          # the frame updated, the failure is still shown
+    assert 'σ sweep failed — KeyError' in w.status.value
