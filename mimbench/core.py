@@ -5,7 +5,6 @@
 # %% ../nbs/00_core.ipynb #2815e209
 from __future__ import annotations
 import argparse, dataclasses, difflib, hashlib, importlib, importlib.util, json, os, pkgutil, random, re, sys, tempfile
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np
@@ -86,9 +85,11 @@ def parse_eps(eps, norm:str='linf') -> float:
     return eps
 
 def format_eps(eps:float) -> str:
-    "A short human string for ε: `8/255` when it is a multiple of 1/255, else the float."
-    f = Fraction(eps).limit_denominator(255)
-    return f"{round(eps*255)}/255" if abs(eps*255 - round(eps*255)) < 1e-6 and eps > 0 else f"{eps:g}"
+    "A short human string for ε: `8/255` when it is a multiple of 1/255 and that is shorter than the decimal, else the float."
+    dec = f"{eps:g}"
+    if not (eps > 0 and abs(eps*255 - round(eps*255)) < 1e-6): return dec
+    frac = f"{round(eps*255)}/255"
+    return frac if len(frac) < len(dec) else dec      # 0.2 stays '0.2' (an ℓ2 η), not '51/255'
 
 # %% ../nbs/00_core.ipynb #3c8d6815
 def seed_everything(seed:int=0):
