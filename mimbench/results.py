@@ -390,14 +390,16 @@ def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False)
 def leaderboard_text(root='results', protocol:str|None=None, fmt:str='md', baseline:str='mae') -> str:
     "The leaderboard tables of the records under `root`, one per protocol, in `fmt` ('md', 'csv' or 'html')."
     if fmt not in ('md', 'csv', 'html'): raise ValueError(f"--format must be md, csv or html, got {fmt!r}.")
-    have = sorted({r.protocol['name'] for r in load_records(root)})
+    by_protocol = {}
+    for r in load_records(root): by_protocol.setdefault(r.protocol['name'], []).append(r)
+    have = sorted(by_protocol)
     if not have: raise ValueError(f"No result records under {root}/: evaluate models with `evaluate_protocol` first.")
     if protocol and protocol not in have:
         raise ValueError(f"No records of protocol {protocol!r} under {root}/; there are records of: {', '.join(have)}.")
     names = [protocol] if protocol else have
     out = []
     for name in names:
-        lb = leaderboard(load_records(root, name), baseline=baseline)
+        lb = leaderboard(by_protocol[name], baseline=baseline)
         out.append({'md': lb.to_markdown, 'csv': lb.to_csv, 'html': lb.to_html}[fmt]())
     return '\n\n'.join(out)
 
@@ -528,11 +530,11 @@ def _evaluate_job(job:Job, scale:Scale, root, data_root, progress):
 def run_leaderboard(scale='small', protocols=None, methods=None, root='results', out='runs', data_root=None,
                     max_minutes:float|None=None, dry_run:bool=False, progress:bool=True, log=print) -> dict:
     "Train, fine-tune and evaluate whatever records of the plan are missing; returns stage timings and what was done."
-    from mimbench.train import train, run_dir
+    from mimbench.train import train, run_dir, run_hash
     scale = SCALES[scale] if isinstance(scale, str) else scale
     jobs = plan_jobs(scale, protocols, methods, out, data_root)
     records = load_records(root)
-    todo = [j for j in jobs if _existing(records, j, scale, run_dir(j.finetune).name.rsplit('-', 1)[-1]) is None]
+    todo = [j for j in jobs if _existing(records, j, scale, run_hash(j.finetune)) is None]
     log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
     if dry_run:
         for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")
