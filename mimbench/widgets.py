@@ -99,8 +99,7 @@ class Explorer:
         except Exception as e:
             self.error = e
             tb = traceback.extract_tb(e.__traceback__)[-1]
-            self.status.value = (f"<span style='color:#c00'><b>{type(e).__name__}</b>: {html.escape(str(e))} "
-                                 f"<small>({Path(tb.filename).name}:{tb.lineno})</small></span>")
+            self.status.value = self._error_html(e, where=f"{Path(tb.filename).name}:{tb.lineno}")
         self.n_updates += 1
         self.last_latency = time.perf_counter() - t0
         self.latencies.append(self.last_latency)
@@ -108,9 +107,10 @@ class Explorer:
     def update(self): raise NotImplementedError
     def summary(self) -> str: return ''
     @staticmethod
-    def _error_html(e, prefix='') -> str:
-        "An exception as one red status line."
-        return f"<span style='color:#c00'><b>{prefix}{type(e).__name__}</b>: {html.escape(str(e))}</span>"
+    def _error_html(e, prefix='', where='') -> str:
+        "An exception as one red status line (`where`: the file:line it came from)."
+        loc = f" <small>({where})</small>" if where else ''
+        return f"<span style='color:#c00'><b>{prefix}{type(e).__name__}</b>: {html.escape(str(e))}{loc}</span>"
 
     def set_quietly(self, control, **values):
         "Set attributes of `control` from inside `update` without triggering another update."
