@@ -1,4 +1,4 @@
-"Shared fixtures: a quickly trained real classifier and the Fashion-MNIST test set."
+"Shared fixtures: a quickly trained real classifier, the Fashion-MNIST test set, and real image batches for corruptions."
 import pytest, torch
 from mimbench.data import get_dataset
 
@@ -11,3 +11,13 @@ def quick_model():
 @pytest.fixture(scope='session')
 def fmnist_test():
     return get_dataset('fashion-mnist', 'test', channels=1)
+
+@pytest.fixture(scope='session')
+def colour():
+    "The 20 real CIFAR-10 sample images (3 channels)."
+    return get_dataset('cifar10-sample', 'test').get_batch(range(20))[0]
+
+@pytest.fixture(scope='session')
+def grey(fmnist_test):
+    "The first 32 Fashion-MNIST test images (1 channel)."
+    return fmnist_test.get_batch(range(32))[0]

@@ -12,14 +12,6 @@ from mimbench.train import accuracy
 
 BIN = Path(sys.executable).parent
 
-@pytest.fixture(scope='module')
-def colour():
-    return get_dataset('cifar10-sample', 'test').get_batch(range(20))[0]
-
-@pytest.fixture(scope='module')
-def grey(fmnist_test):
-    return fmnist_test.get_batch(range(32))[0]
-
 @pytest.mark.parametrize('name', list(CORRUPTIONS))
 def test_severity_orders_damage(name, colour, grey):
     for x in ([colour] if CORRUPTIONS[name].colour_only else [colour, grey]):

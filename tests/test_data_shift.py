@@ -77,14 +77,6 @@ def test_only_the_formats_globals_are_admitted(tmp_path):
 
 # ---------------------------------------------------------------- fog, snow, glass blur
 
-@pytest.fixture(scope='module')
-def colour():
-    return get_dataset('cifar10-sample', 'test').get_batch(range(20))[0]
-
-@pytest.fixture(scope='module')
-def grey(fmnist_test):
-    return fmnist_test.get_batch(range(32))[0]
-
 def test_registered_like_the_others():
     for n in NEW:
         c = CORRUPTIONS[n]
