@@ -10,15 +10,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import Registry, check_images, check_norm, parse_eps
+from .core import Registry, check_images, check_labels, check_norm, model_state, parse_eps
 
 # %% auto #0
 __all__ = ['LOSSES', 'ATTACKS', 'AUTOATTACK_VERSIONS', 'lp_norm', 'project', 'pixel_mask', 'random_init', 'PerturbInfo',
            'apgd_checkpoints', 'perturb', 'ce_loss', 'margin_loss', 'dlr_loss', 'dlr_targeted_loss', 'classifier_loss',
-           'check_labels', 'is_randomized', 'default_eot', 'attack_context', 'fast_model', 'prepare', 'predict',
-           'check_passes', 'default_passes', 'correct_every_pass', 'judge', 'AttackResult', 'fgsm', 'bim', 'pgd',
-           'pgd_l2', 'mifgsm', 'pgd_margin', 'apgd', 'apgd_ce', 'apgd_dlr', 'apgd_t', 'p_selection', 'square_search',
-           'square', 'fab_t', 'huang_l2_eps', 'cw_l2', 'AttackSpec', 'run_attack', 'autoattack']
+           'is_randomized', 'default_eot', 'attack_context', 'fast_model', 'prepare', 'predict', 'check_passes',
+           'default_passes', 'correct_every_pass', 'judge', 'AttackResult', 'fgsm', 'bim', 'pgd', 'pgd_l2', 'mifgsm',
+           'pgd_margin', 'apgd', 'apgd_ce', 'apgd_dlr', 'apgd_t', 'p_selection', 'square_search', 'square', 'fab_t',
+           'huang_l2_eps', 'cw_l2', 'AttackSpec', 'run_attack', 'autoattack']
 
 # %% ../nbs/05_attacks.ipynb #339746b2
 def _bview(v, x):
@@ -275,15 +275,6 @@ def classifier_loss(model, y, loss='ce', target=None, report_success=False):
     return loss_fn
 
 # %% ../nbs/05_attacks.ipynb #b8fb91cd
-def check_labels(y, x):
-    "Labels must be an int64 vector with one entry per image."
-    if not isinstance(y, torch.Tensor): y = torch.as_tensor(y)
-    if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"Labels must have shape ({len(x)},) (one class index per image), got {tuple(y.shape)}."
-                         + (" Pass class indices, not one-hot vectors: y.argmax(1)." if y.ndim == 2 and len(y) == len(x) else ""))
-    if y.is_floating_point() and not torch.equal(y, y.round()): raise ValueError("Labels must be integer class indices.")
-    return y.long().to(x.device)
-
 def is_randomized(model) -> bool: return bool(getattr(model, 'is_randomized', False))
 def default_eot(model, eot=None) -> int:
     "`eot` if given, else 20 for randomized models and 1 otherwise."
@@ -292,23 +283,12 @@ def default_eot(model, eot=None) -> int:
 @contextlib.contextmanager
 def attack_context(model, seed:int|None=0, device=None):
     "Eval mode (warn if it was training), no parameter grads, no per-call input checks, forked seeded RNG."
-    was_training = model.training
-    if was_training:
+    if model.training:
         warnings.warn("The model was in train mode; attacking it in eval mode (dropout/drop-path off) and restoring train mode afterwards.")
-        model.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    checks = [(m, m.check_inputs) for m in model.modules() if hasattr(m, 'check_inputs')]
-    for p in params: p.requires_grad_(False)
-    for m, _ in checks: m.check_inputs = False
     devices = [device] if device is not None and torch.device(device).type == 'cuda' else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            if seed is not None: torch.manual_seed(seed)
-            yield
-    finally:
-        for p in params: p.requires_grad_(True)
-        for m, c in checks: m.check_inputs = c
-        if was_training: model.train()
+    with model_state(model, training=False, check_inputs=False, frozen=True), torch.random.fork_rng(devices=devices):
+        if seed is not None: torch.manual_seed(seed)
+        yield
 
 _COMPILED = weakref.WeakKeyDictionary()
 

@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #2815e209
 from __future__ import annotations
 import argparse, dataclasses, difflib, hashlib, importlib, importlib.util, json, os, pkgutil, random, re, sys, tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np
@@ -12,10 +13,11 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['DATASET_STATS', 'NORMS', 'ImageError', 'check_images', 'Normalize', 'default_normalize', 'check_norm', 'parse_eps',
-           'format_eps', 'seed_everything', 'get_device', 'config_dict', 'config_hash', 'package_modules', 'importing',
-           'load_package', 'Registry', 'module_source', 'module_closure', 'code_version', 'code_changes',
-           'field_parser', 'config_fields', 'add_config_options', 'config_options', 'atomic_write', 'write_json']
+__all__ = ['DATASET_STATS', 'NORMS', 'ImageError', 'check_images', 'check_labels', 'Normalize', 'default_normalize',
+           'model_state', 'check_norm', 'parse_eps', 'format_eps', 'seed_everything', 'get_device', 'config_dict',
+           'config_hash', 'package_modules', 'importing', 'load_package', 'Registry', 'module_source', 'module_closure',
+           'code_version', 'code_changes', 'field_parser', 'config_fields', 'add_config_options', 'config_options',
+           'atomic_write', 'write_json']
 
 # %% ../nbs/00_core.ipynb #03d2ac46
 class ImageError(ValueError):
@@ -43,6 +45,15 @@ def check_images(x, channels:int|None=None, img_size:int|None=None, name='images
             raise ImageError(f"{name} must lie in [0,1], got values in [{lo:.3g}, {hi:.3g}].{hint}")
     return x
 
+def check_labels(y, x):
+    "Labels as an int64 vector with one class index per image of `x` (on `x`'s device), or a `ValueError` saying why not."
+    if not isinstance(y, torch.Tensor): y = torch.as_tensor(y)
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"Labels must have shape ({len(x)},) (one class index per image), got {tuple(y.shape)}."
+                         + (" Pass class indices, not one-hot vectors: y.argmax(1)." if y.ndim == 2 and len(y) == len(x) else ""))
+    if y.is_floating_point() and not torch.equal(y, y.round()): raise ValueError("Labels must be integer class indices.")
+    return y.long().to(x.device)
+
 # %% ../nbs/00_core.ipynb #7a19599d
 DATASET_STATS = {1: ((0.5,), (0.5,)), 3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
@@ -59,6 +70,24 @@ def default_normalize(in_chans:int) -> Normalize:
     "The `Normalize` layer mimbench uses for `in_chans` channels (ImageNet statistics for RGB)."
     mean, std = DATASET_STATS.get(in_chans, ((0.5,)*in_chans, (0.5,)*in_chans))
     return Normalize(mean, std)
+
+# %% ../nbs/00_core.ipynb #b8e74b0e
+@contextmanager
+def model_state(model:nn.Module, training:bool|None=None, check_inputs:bool|None=None, frozen:bool|None=None):
+    "Set `model`'s train/eval mode, its [0,1] input checks and/or freeze its parameters; restore all on exit."
+    was_training = model.training
+    checked = [(m, m.check_inputs) for m in model.modules() if hasattr(m, 'check_inputs')]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    if training is not None: model.train(training)
+    if check_inputs is not None:
+        for m, _ in checked: m.check_inputs = check_inputs
+    if frozen is not None:
+        for p, g in grads: p.requires_grad_(g and not frozen)
+    try: yield model
+    finally:
+        model.train(was_training)
+        for m, c in checked: m.check_inputs = c
+        for p, g in grads: p.requires_grad_(g)
 
 # %% ../nbs/00_core.ipynb #6681ab98
 NORMS = ('linf', 'l2')

@@ -10,19 +10,19 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import Registry, check_images
+from .core import Registry, check_images, check_labels
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'DATASETS', 'CIFAR10_CLASSES', 'CIFAR_PICKLE_GLOBALS', 'IMAGE_EXTS', 'AUGMENTATIONS', 'SEVERITIES',
-           'CORRUPTIONS', 'CORRUPTION_VERSION', 'ImageDataset', 'load_batch', 'subset', 'to_uint8_images', 'data_home',
-           'read_idx', 'check_split', 'fashion_mnist', 'NotACifarBatch', 'CifarUnpickler', 'read_cifar_batch',
-           'cifar10', 'write_cifar_batch', 'synthetic_cifar10', 'cifar10_sample', 'imagefolder', 'cifar10_c',
-           'imagenet_c', 'remap_classes', 'get_dataset', 'list_datasets', 'random_resized_crop', 'random_hflip',
-           'Corruption', 'gaussian_noise', 'shot_noise', 'impulse_noise', 'disk_kernel', 'defocus_blur',
-           'motion_kernel', 'motion_blur', 'zoom_blur', 'clipped_zoom', 'gaussian_kernel', 'local_shuffle',
-           'glass_blur', 'plasma_fractal', 'fog', 'snow', 'contrast', 'brightness', 'saturate', 'jpeg_compression',
-           'pixelate', 'elastic_transform', 'image_seeds', 'check_severity', 'corrupt', 'corruption_names',
-           'CorruptedDataset', 'corruption_cache', 'dataset_fingerprint', 'corrupt_dataset']
+           'CORRUPTIONS', 'CORRUPTION_VERSION', 'ImageDataset', 'load_batch', 'subset', 'TensorPair', 'as_dataset',
+           'to_uint8_images', 'data_home', 'read_idx', 'check_split', 'fashion_mnist', 'NotACifarBatch',
+           'CifarUnpickler', 'read_cifar_batch', 'cifar10', 'write_cifar_batch', 'synthetic_cifar10', 'cifar10_sample',
+           'imagefolder', 'cifar10_c', 'imagenet_c', 'remap_classes', 'get_dataset', 'list_datasets',
+           'random_resized_crop', 'random_hflip', 'Corruption', 'gaussian_noise', 'shot_noise', 'impulse_noise',
+           'disk_kernel', 'defocus_blur', 'motion_kernel', 'motion_blur', 'zoom_blur', 'clipped_zoom',
+           'gaussian_kernel', 'local_shuffle', 'glass_blur', 'plasma_fractal', 'fog', 'snow', 'contrast', 'brightness',
+           'saturate', 'jpeg_compression', 'pixelate', 'elastic_transform', 'image_seeds', 'check_severity', 'corrupt',
+           'corruption_names', 'CorruptedDataset', 'corruption_cache', 'dataset_fingerprint', 'corrupt_dataset']
 
 # %% ../nbs/01_data.ipynb #ff8ef857
 class ImageDataset(torch.utils.data.Dataset):
@@ -49,6 +49,22 @@ def subset(ds:ImageDataset, n:int, seed:int=0) -> ImageDataset:
     "The first `n` images of a seeded permutation of `ds`."
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     return ImageDataset(ds.images[idx], ds.targets[idx], ds.classes, f"{ds.name}[{min(n, len(ds))}]")
+
+class TensorPair(torch.utils.data.Dataset):
+    "An `(images, labels)` pair of tensors (images float in [0,1]) as a dataset with `get_batch`."
+    def __init__(self, x:torch.Tensor, y, name:str|None=None):
+        self.x = check_images(x); self.y = check_labels(y, x); self.name = name or f"tensors {tuple(x.shape[1:])}"
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i): return self.x[i], int(self.y[i])
+    def get_batch(self, idx): return self.x[idx], self.y[idx]
+    def __repr__(self): return f"TensorPair({self.name!r}, {len(self)} images)"
+
+def as_dataset(data):
+    "A dataset from a Dataset or an `(images, labels)` pair — what every function taking `data` accepts."
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor): return TensorPair(*data)
+    if isinstance(data, torch.Tensor) or not (hasattr(data, '__len__') and hasattr(data, '__getitem__')):
+        raise TypeError(f"data must be a Dataset or an (images, labels) pair of tensors, got {type(data).__name__}.")
+    return data
 
 # %% ../nbs/01_data.ipynb #21639cb7
 def to_uint8_images(x:torch.Tensor, img_size:int, channels:int) -> torch.Tensor:

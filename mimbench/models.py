@@ -20,7 +20,7 @@ __all__ = ['PRESETS', 'MODEL_BUILDERS', 'CLASSIFIER_KINDS', 'ViTSize', 'check_pa
            'random_masking', 'sincos_pos_embed', 'grid_coords', 'sincos_table', 'ViT', 'record_attention',
            'init_weights', 'timm_state_dict', 'to_timm', 'MAE', 'per_sample_masked_mean', 'create_mae', 'create_vit',
            'vit_from_mae', 'load_encoder', 'vit_with_new_head', 'build_model', 'CheckpointError', 'save_model',
-           'read_checkpoint', 'load_weights', 'load_model']
+           'read_checkpoint', 'load_weights', 'checkpoint_file', 'load_model']
 
 # %% ../nbs/02_models.ipynb #d8e374ce
 @dataclasses.dataclass(frozen=True)
@@ -389,8 +389,17 @@ def load_weights(model, state:dict, source='checkpoint'):
     model.load_state_dict(state)
     return model
 
+def checkpoint_file(path) -> Path:
+    "The model checkpoint of a run directory (its `model.safetensors`) or `path` itself when it is a file."
+    p = Path(path)
+    if not p.is_dir(): return p
+    if not (p / 'model.safetensors').exists():
+        raise FileNotFoundError(f"{p} has no model.safetensors: is the run finished? Re-run its command to resume it.")
+    return p / 'model.safetensors'
+
 def load_model(path, expect_kind:str|tuple|None=None):
-    "Rebuild the model stored in a mimbench checkpoint and load its weights; returns `(model, metadata)`."
+    "Rebuild the model stored in a mimbench checkpoint (a file or a run directory); returns `(model, metadata)`."
+    path = checkpoint_file(path)
     state, meta = read_checkpoint(path)
     config = meta.get('config')
     if not config: raise CheckpointError(f"{path} has no model config in its header.")
