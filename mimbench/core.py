@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['DATASET_STATS', 'NORMS', 'ImageError', 'check_images', 'check_labels', 'Normalize', 'default_normalize',
-           'model_state', 'check_norm', 'parse_eps', 'format_eps', 'seed_everything', 'get_device', 'config_dict',
-           'config_hash', 'package_modules', 'importing', 'load_package', 'Registry', 'module_source', 'module_closure',
-           'code_version', 'code_changes', 'field_parser', 'config_fields', 'add_config_options', 'config_options',
-           'atomic_write', 'write_json']
+__all__ = ['DATASET_STATS', 'NORMS', 'ImageError', 'check_images', 'check_labels', 'check_passes', 'Normalize',
+           'default_normalize', 'model_state', 'check_norm', 'parse_eps', 'format_eps', 'seed_everything', 'get_device',
+           'config_dict', 'config_hash', 'package_modules', 'importing', 'load_package', 'Registry', 'module_source',
+           'module_closure', 'code_version', 'code_changes', 'field_parser', 'config_fields', 'add_config_options',
+           'config_options', 'atomic_write', 'write_json']
 
 # %% ../nbs/00_core.ipynb #03d2ac46
 class ImageError(ValueError):
@@ -53,6 +53,13 @@ def check_labels(y, x):
                          + (" Pass class indices, not one-hot vectors: y.argmax(1)." if y.ndim == 2 and len(y) == len(x) else ""))
     if y.is_floating_point() and not torch.equal(y, y.round()): raise ValueError("Labels must be integer class indices.")
     return y.long().to(x.device)
+
+# %% ../nbs/00_core.ipynb #8422c731
+def check_passes(passes) -> int:
+    "`passes` as an int ≥ 1: with 0 passes every image would count as correct."
+    if isinstance(passes, bool) or int(passes) != passes or passes < 1:
+        raise ValueError(f"passes must be an integer ≥ 1 (an image counts as correct only if every pass gets it right), got {passes!r}.")
+    return int(passes)
 
 # %% ../nbs/00_core.ipynb #7a19599d
 DATASET_STATS = {1: ((0.5,), (0.5,)), 3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}

@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from .core import (Registry, atomic_write, config_dict, config_hash, get_device, seed_everything, write_json,
-                           code_version, code_changes, module_closure)
-from .data import get_dataset, load_batch, subset, AUGMENTATIONS
+                           code_version, code_changes, module_closure, check_passes, model_state)
+from .data import get_dataset, load_batch, subset, as_dataset, AUGMENTATIONS
 from .models import (CheckpointError, build_model, load_model, load_weights, save_model, create_vit,
                              vit_with_new_head)
 from .mim import PRETEXTS, unwrap
@@ -445,20 +445,22 @@ def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
 
 # %% ../nbs/04_train.ipynb #afca7077
 @torch.no_grad()
-def accuracy(model, cfg_or_data, split='test', n=None, batch_size=500, device=None) -> float:
-    "Top-1 accuracy of `model` on `split` of the config's dataset (or on a Dataset), over the first `n` images."
-    ds = cfg_or_data
-    if isinstance(cfg_or_data, TrainConfig):
-        c = cfg_or_data
-        ds = get_dataset(c.dataset, split, root=c.data_root, img_size=c.img_size, channels=c.channels)
-    device = device or next(model.parameters()).device
-    was_training = model.training; model.eval()
-    n = min(n or len(ds), len(ds)); correct = 0
-    for i in range(0, n, batch_size):
-        x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
-        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
-    model.train(was_training)
-    return correct / n
+def accuracy(model, data, n=None, batch_size=500, passes=1, device=None, split='test', flags=False):
+    "Top-1 accuracy of `model` on the first `n` images of `data`; an image counts if all `passes` passes are right. `flags`: the per-image bool tensor."
+    if isinstance(data, TrainConfig):
+        data = get_dataset(data.dataset, split, root=data.data_root, img_size=data.img_size, channels=data.channels)
+    ds, passes = as_dataset(data), check_passes(passes)
+    device = device or next((p.device for p in model.parameters()), 'cpu')
+    n = min(n or len(ds), len(ds)); ok = []
+    with model_state(model, training=False):
+        for i in range(0, n, batch_size):
+            x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
+            x, y = x.to(device), torch.as_tensor(y).to(device)
+            hit = torch.ones(len(x), dtype=torch.bool, device=device)
+            for _ in range(passes): hit &= model(x).argmax(1) == y
+            ok.append(hit.cpu())
+    ok = torch.cat(ok)
+    return ok if flags else ok.sum().item() / n
 
 # %% ../nbs/04_train.ipynb #646e85c5
 def plot_curves(dirs, path=None, keys=('loss',)):
