@@ -4,14 +4,15 @@
 
 # %% ../nbs/20_cli.ipynb #de69851e
 from __future__ import annotations
-import json, os, sys, time
+import json, os, re, sys, time
 from pathlib import Path
 from fastcore.script import Param, anno_parser, store_true
 
 # %% auto #0
-__all__ = ['COMMANDS', 'USER_ERRORS', 'command_parser', 'as_train_config', 'pretrain', 'finetune', 'adopt', 'info_text', 'info',
-           'demo_configs', 'run_demo', 'demo', 'find_commands', 'load_command', 'usage', 'dashes_to_underscores',
-           'main', 'run_command', 'train_options_markdown']
+__all__ = ['INFO_KINDS', 'COMMANDS', 'USER_ERRORS', 'command_parser', 'as_train_config', 'pretrain', 'finetune', 'adopt',
+           'static_registrations', 'static_constant', 'info_text', 'info', 'demo_configs', 'run_demo', 'demo',
+           'find_commands', 'load_command', 'usage', 'dashes_to_underscores', 'main', 'user_error', 'run_command',
+           'train_options_markdown']
 
 # %% ../nbs/20_cli.ipynb #b76e53a7
 def command_parser(func, prog:str|None=None):
@@ -76,23 +77,98 @@ def adopt(runs:str):  # run directories, comma-separated (made before code versi
         print(f"{r.strip()}: now recorded as made by mimbench {code['version']} ({code['digest']})")
 
 # %% ../nbs/20_cli.ipynb #02613210
+INFO_KINDS = ('dataset', 'model preset', 'pretext', 'fine-tuning objective', 'attack', 'corruption')
+
+def _literal(node):
+    import ast
+    try: return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError): return None
+
+def _call_args(call, fields=None) -> dict:
+    "A call's literal arguments as {position or keyword: value}; positions named by `fields` when given (a dataclass's)."
+    import ast
+    if not isinstance(call, ast.Call): return {}
+    out = {(fields[i] if fields and i < len(fields) else i): _literal(a) for i, a in enumerate(call.args)}
+    return out | {k.arg: _literal(k.value) for k in call.keywords if k.arg}
+
+def _registrations(tree, registries:set) -> list:
+    "[(registry variable, name, arguments)] of the registering statements in one module's syntax tree."
+    import ast
+    found, regs = [], registries
+    dataclasses_ = {n.name: [f.target.id for f in n.body if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)]
+                    for n in tree.body if isinstance(n, ast.ClassDef)}
+    def stores(fn):   # a function storing its parameter p in registry R (`R[p] = ...`): {R: index of p}
+        ps = [a.arg for a in fn.args.args]
+        return {t.value.id: ps.index(t.slice.id) for n in ast.walk(fn) if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id in regs
+                and isinstance(t.slice, ast.Name) and t.slice.id in ps}
+    registrars = {n.name: s for n in tree.body if isinstance(n, ast.FunctionDef) and (s := stores(n))}
+    def decorator(d, default):   # `@R.register(...)` or `@registrar(...)`, also written `R.register(...)(obj)`
+        if not isinstance(d, ast.Call): return
+        args, f = _call_args(d), d.func
+        if isinstance(f, ast.Attribute) and f.attr == 'register' and isinstance(f.value, ast.Name) and f.value.id in regs:
+            found.append((d.lineno, f.value.id, args.get(0, default), args))
+        elif isinstance(f, ast.Name) and f.id in registrars:
+            found.extend((d.lineno, reg, args.get(i), args) for reg, i in registrars[f.id].items())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            for d in node.decorator_list: decorator(d, node.name)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Call):
+            decorator(node.func, node.args[0].id if node.args and isinstance(node.args[0], ast.Name) else None)
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id in regs:
+                    v = node.value
+                    fields = dataclasses_.get(v.func.id) if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) else None
+                    found.append((node.lineno, t.value.id, _literal(t.slice), _call_args(v, fields)))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == 'update'
+              and isinstance(node.func.value, ast.Name) and node.func.value.id in regs and node.args
+              and isinstance(node.args[0], ast.Dict)):
+            found += [(node.lineno, node.func.value.id, _literal(k), {}) for k in node.args[0].keys if k is not None]
+    return [f[1:] for f in sorted(found, key=lambda f: f[0]) if isinstance(f[2], str)]   # in source order
+
+def static_registrations(package:str='mimbench', kinds=INFO_KINDS) -> dict:
+    "{kind: {name: (module, literal arguments of its registration)}} for `package`'s registries, read from source (nothing imported)."
+    import ast, importlib
+    texts = {f"{package}.{f.stem}": f.read_text() for folder in importlib.import_module(package).__path__
+             for f in sorted(Path(folder).glob('*.py')) if not f.name.startswith('_')}
+    rx = re.compile(r"^(\w+)\s*=\s*Registry\(\s*['\"]([^'\"]+)['\"]", re.M)
+    kind_of = {var: kind for text in texts.values() for var, kind in rx.findall(text) if kind in kinds}
+    home = {var: m for m, text in texts.items() for var, _ in rx.findall(text)}
+    out = {k: {} for k in kinds}
+    # the module defining a registry first (its own entries come first, as in the live registry), then the others by name
+    for m in sorted(texts, key=lambda m: (m not in home.values(), m)):
+        if not any(var in texts[m] for var in kind_of): continue
+        for var, name, args in _registrations(ast.parse(texts[m]), set(kind_of)):
+            out[kind_of[var]].setdefault(name, (m, args))
+    return out
+
+def static_constant(module:str, name:str):
+    "The literal value of module-level `name = ...` in `module`'s source (None if absent or not a literal)."
+    import ast, importlib.util
+    spec = importlib.util.find_spec(module)
+    for node in ast.parse(Path(spec.origin).read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return _literal(node.value)
+
+# %% ../nbs/20_cli.ipynb #937b38d9
 def info_text(out='runs') -> str:
-    "A human summary of datasets, presets, recipes, attacks and runs."
-    from mimbench.data import list_datasets, CORRUPTIONS
-    from mimbench.models import PRESETS
-    from mimbench.mim import PRETEXTS
-    from mimbench.train import FINETUNE_OBJECTIVES, stale_reasons
+    "A human summary of datasets, presets, recipes, attacks, corruptions and runs (imports no module unless runs exist)."
+    reg = static_registrations()
+    needs_root = static_constant('mimbench.data', '_NEEDS_ROOT') or set()
     lines = ['datasets:']
-    for d in list_datasets(): lines.append(f"  {d['name']:<16} {'available' if d['available'] else 'needs --data-root':<18} {d['description']}")
+    for d, (_, a) in reg['dataset'].items():
+        lines.append(f"  {d:<16} {'needs --data-root' if d in needs_root else 'embedded':<18} {a.get(1) or ''}")
     lines.append('model presets:')
-    for k, v in PRESETS.items(): lines.append(f"  {k:<8} dim {v.embed_dim}, depth {v.depth}, heads {v.num_heads}")
-    lines.append(f"pretext recipes: {', '.join(PRETEXTS)}")
-    lines.append(f"fine-tuning objectives: {', '.join(FINETUNE_OBJECTIVES)}")
-    from mimbench.attacks import ATTACKS
-    lines.append(f"attacks: {', '.join(ATTACKS)}")
-    lines.append(f"corruptions (severity 1–5): {', '.join(CORRUPTIONS)}")
+    for k, (_, a) in reg['model preset'].items():
+        lines.append(f"  {k:<8} dim {a.get('embed_dim')}, depth {a.get('depth')}, heads {a.get('num_heads')}")
+    lines.append(f"pretext recipes: {', '.join(reg['pretext'])}")
+    lines.append(f"fine-tuning objectives: {', '.join(reg['fine-tuning objective'])}")
+    lines.append(f"attacks: {', '.join(reg['attack'])}")
+    lines.append(f"corruptions (severity 1–5): {', '.join(reg['corruption'])}")
     runs = sorted(Path(out).glob('*/config.json')) if Path(out).exists() else []
     lines.append(f"runs in {out}/: {len(runs)}")
+    if runs: from mimbench.train import stale_reasons      # reads code versions: imports torch, only when there are runs
     for c in runs:
         res = c.parent / 'result.json'
         state = json.loads(res.read_text()) if res.exists() else 'unfinished (re-run its command to resume)'
@@ -205,16 +281,28 @@ def main(argv=None):
         print(f"mimbench: unknown command {cmd!r}." + (f" Did you mean {close[0]!r}?" if close else ''), file=sys.stderr)
         print(usage(commands), file=sys.stderr); return 2
     try: run_command(load_command(commands[cmd]), [dashes_to_underscores(a) for a in argv], prog=f'mimbench {cmd}')
-    except USER_ERRORS as e:
-        if os.environ.get('MIMBENCH_DEBUG'): raise
+    except Exception as e:
+        if os.environ.get('MIMBENCH_DEBUG') or not user_error(e): raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e     # KeyError's str() would add quotes
         print(f"mimbench {cmd}: error: {msg}\n(set MIMBENCH_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
     return 0
 
-# What bad input raises (a missing file, a wrong checkpoint, an unknown name or option): the message is the answer, the
-# traceback is noise. Anything else (a bug) keeps its traceback.
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError)
+# What bad input raises (a missing file, a wrong checkpoint, an unknown name, a bad value): the message is the answer,
+# the traceback is noise. The type alone cannot tell: `d['k']` on a missing key, `len(None)` or unpacking too many values
+# raise KeyError/TypeError/ValueError from a bug, and those keep their traceback. What counts is who raised it: a
+# `raise` statement in mimbench's own code (our message: ImageError, CheckpointError, an unknown registry name, ...).
+USER_ERRORS = (ValueError, KeyError, TypeError)
+
+def user_error(e:BaseException, package:str='mimbench') -> bool:
+    "Is `e` the user's mistake: a missing file, or one of `USER_ERRORS` that `package`'s code raised on purpose (a `raise` statement)?"
+    if isinstance(e, FileNotFoundError): return True
+    if not isinstance(e, USER_ERRORS) or (tb := e.__traceback__) is None: return False
+    while tb.tb_next: tb = tb.tb_next                     # the frame the exception started in
+    code = tb.tb_frame.f_code
+    if tb.tb_frame.f_globals.get('__name__', '').split('.')[0] != package: return False
+    import dis
+    return any(i.offset == tb.tb_lasti and i.opname == 'RAISE_VARARGS' for i in dis.get_instructions(code))
 
 def run_command(func, argv:list, prog:str):
     "Parse `argv` with the command's parser (`command_parser`) and call it; a `cfg` parameter receives the `TrainConfig`."

@@ -3,7 +3,8 @@ import dataclasses, json, os, subprocess, sys, time
 from pathlib import Path
 import pytest
 from mimbench.train import TrainConfig
-from mimbench.cli import main, find_commands, train_options_markdown, command_parser, finetune, dashes_to_underscores
+from mimbench.cli import (main, find_commands, train_options_markdown, command_parser, finetune, dashes_to_underscores, info_text,
+                          static_registrations, INFO_KINDS)
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
@@ -105,7 +106,84 @@ def test_one_new_module_adds_a_pretext_an_attack_and_a_command(tmp_path, monkeyp
         assert main(['--help']) == 0 and 'Say hello' in capsys.readouterr().out
         assert main(['zz-hello', '--name', 'mim']) == 0 and 'hello mim' in capsys.readouterr().out
         assert PRETEXTS['zz-mae']().mask_ratio == 0.5 and ATTACKS['zz-pgd'].defaults == {'steps': 2}
+        assert 'zz-mae' in info_text(str(tmp_path / 'none')) and 'zz-pgd' in info_text(str(tmp_path / 'none'))   # read from source
         run = train(TrainConfig(recipe='zz-mae', n_train=64, batch_size=64, out=str(tmp_path / 'runs'), progress=False))
         assert run.result['steps'] == 1 and 'mimbench.zz_plugin' in json.loads((run.dir / 'config.json').read_text())['code']['modules']
     finally:
         dict.pop(PRETEXTS, 'zz-mae', None); dict.pop(ATTACKS, 'zz-pgd', None); sys.modules.pop('mimbench.zz_plugin', None)
+
+
+def test_info_imports_nothing_heavy(tmp_path):
+    "Fails on the old code: `mimbench info` asked the registries, which imported every module (torch, timm, ipywidgets, matplotlib; ~4 s)."
+    code = ("import sys, time; t = time.perf_counter(); from mimbench.cli import main; "
+            f"main(['info', '--out', {str(tmp_path / 'runs')!r}]); "
+            "print(round(time.perf_counter() - t, 3), [m for m in ('torch', 'ipywidgets', 'matplotlib', 'timm') if m in sys.modules])")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    secs, heavy = r.stdout.strip().splitlines()[-1].split(' ', 1)
+    assert heavy == '[]', heavy
+    assert 'pgd-mi' in r.stdout and 'mimir' in r.stdout and 'dim 64, depth 4, heads 4' in r.stdout
+    assert float(secs) < 2, secs                           # ~0.3 s here; generous for a loaded machine
+
+def test_info_lists_exactly_what_the_registries_hold():
+    "What `info` reads from source is what the live registries hold once every module is imported: it leaves nothing out."
+    from mimbench.core import Registry, load_package
+    assert load_package('mimbench') == {}
+    live = {v.kind: set(dict.keys(v)) for n, m in list(sys.modules.items()) if n.startswith('mimbench.')
+            for v in vars(m).values() if isinstance(v, Registry) and v.kind in INFO_KINDS}
+    st = static_registrations()
+    assert set(live) == set(INFO_KINDS)
+    for k in INFO_KINDS: assert set(st[k]) == live[k], k
+
+BUGGY = '''
+def cli_zz_bug():
+    "A command with a bug: a dict lookup that misses."
+    return {}['missing']
+
+def cli_zz_type_bug(n:int=2):
+    "A command with a bug: a wrong type inside."
+    return len(n)
+
+def cli_zz_unpack_bug():
+    "A command with a bug: a ValueError raised by the interpreter, not by us."
+    a, b = (1, 2, 3)
+
+def cli_zz_bad_value(n:int=-1):
+    "A command that checks its value."
+    if n < 0: raise ValueError(f"n must be ≥ 0, got {n}.")
+
+def cli_zz_unknown(attack:str='pgdd'):
+    "A command that looks a name up in a registry."
+    from mimbench.attacks import ATTACKS
+    return ATTACKS[attack]
+'''
+
+@pytest.fixture
+def buggy_commands(tmp_path, monkeypatch):
+    import mimbench
+    (tmp_path / 'zz_buggy.py').write_text(BUGGY)
+    monkeypatch.setattr(mimbench, '__path__', [*mimbench.__path__, str(tmp_path)])
+    yield
+    sys.modules.pop('mimbench.zz_buggy', None)
+
+@pytest.mark.parametrize('cmd, exc', [('zz-bug', KeyError), ('zz-type-bug', TypeError), ('zz-unpack-bug', ValueError)])
+def test_a_bug_keeps_its_traceback(buggy_commands, cmd, exc, monkeypatch):
+    "Fails on the old code: USER_ERRORS caught every KeyError/TypeError/ValueError and printed one line as if the user erred."
+    monkeypatch.delenv('MIMBENCH_DEBUG', raising=False)
+    with pytest.raises(exc): main([cmd])
+
+@pytest.mark.parametrize('cmd, msg', [('zz-bad-value', 'n must be ≥ 0, got -1.'), ('zz-unknown', "Unknown attack 'pgdd'. Did you mean")])
+def test_a_users_mistake_is_one_line(buggy_commands, cmd, msg, capsys, monkeypatch):
+    monkeypatch.delenv('MIMBENCH_DEBUG', raising=False)
+    assert main([cmd]) == 1
+    err = capsys.readouterr().err
+    assert f"mimbench {cmd}: error: {msg}" in err and 'Traceback' not in err
+
+def test_user_errors_of_real_commands_are_one_line(tmp_path):
+    "A missing run and a bad ε through the console script: one line, exit 1; with MIMBENCH_DEBUG=1 the traceback."
+    for argv in (['eval', str(tmp_path / 'no-run')], ['sweep', str(tmp_path / 'a'), str(tmp_path / 'b')]):
+        r = subprocess.run([str(BIN / 'mimbench'), *argv], capture_output=True, text=True, env=ENV)
+        assert r.returncode == 1 and 'error:' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    r = subprocess.run([str(BIN / 'mimbench'), 'eval', str(tmp_path / 'no-run')], capture_output=True, text=True,
+                       env={**ENV, 'MIMBENCH_DEBUG': '1'})
+    assert r.returncode == 1 and 'Traceback' in r.stderr
