@@ -4,43 +4,22 @@
 
 # %% ../nbs/10_adversarial.ipynb #6bfacd51
 from __future__ import annotations
-from contextlib import contextmanager
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
 from fastcore.script import call_parse
-from .core import parse_eps, check_norm, format_eps
+from .core import parse_eps, check_norm, format_eps, model_state
 from .mim import PRETEXTS, Pretext, unwrap, reconstruction_panels
 from .attacks import (ATTACKS, AttackSpec, perturb, classifier_loss, attack_context, prepare, default_eot,
                               fast_model, ce_loss, pixel_mask)
 from .train import FINETUNE_OBJECTIVES
 from .mi import mi_estimate
-from .pretexts import attack_surface, export_encoder, load_pretrained, encoder_of
+from .pretexts import attack_surface, export_encoder, encoder_of
 
 # %% auto #0
-__all__ = ['attack_mode', 'Adversarial', 'MIMIR', 'AdversarialMAE', 'AdversarialRotNet', 'AdversarialBYOL', 'gradient_ascent',
-           'AdversarialBERT', 'PGDAdversarialTraining', 'pgd_mi', 'pgd_fea', 'cli_export_encoder']
-
-# %% ../nbs/10_adversarial.ipynb #1e5f7c76
-@contextmanager
-def attack_mode(model:nn.Module, mode:str='train'):
-    "Freeze parameters and batch-norm statistics for an attack inside training; `mode` 'train' or 'eval'."
-    if mode not in ('train', 'eval'): raise ValueError(f"attack mode must be 'train' or 'eval', got {mode!r}.")
-    params = [p for p in model.parameters() if p.requires_grad]
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(b.momentum, b.num_batches_tracked.clone() if b.num_batches_tracked is not None else None) for b in bns]
-    was_training = model.training
-    if mode == 'eval': model.eval()
-    for p in params: p.requires_grad_(False)
-    for b in bns: b.momentum = 0.
-    try: yield model
-    finally:
-        for p in params: p.requires_grad_(True)
-        for b, (mom, nbt) in zip(bns, saved):
-            b.momentum = mom
-            if nbt is not None: b.num_batches_tracked.copy_(nbt)
-        model.train(was_training)
+__all__ = ['Adversarial', 'MIMIR', 'AdversarialMAE', 'AdversarialRotNet', 'AdversarialBYOL', 'gradient_ascent', 'AdversarialBERT',
+           'PGDAdversarialTraining', 'pgd_mi', 'pgd_fea', 'cli_export_encoder']
 
 # %% ../nbs/10_adversarial.ipynb #28cd45f6
 class Adversarial(Pretext):
@@ -79,7 +58,7 @@ class Adversarial(Pretext):
                 raise ValueError(f"region='visible' needs a masked pretext; {type(self.base).__name__} has no patch mask. Use region='whole'.")
             mask = surface.visible
         m = unwrap(model)
-        with attack_mode(m, self.attack_mode):
+        with model_state(m, training=None if self.attack_mode == 'train' else False, frozen=True):
             return perturb(lambda xa: surface.loss(m, xa, self._target(xa))[0], surface.x, self.eps, self.norm,
                            self.steps, self.alpha, self.random_start, mask=mask)
 
@@ -209,7 +188,7 @@ class AdversarialBERT(_Recipe):
         if self.region == 'visible' and surface.visible is None:
             raise ValueError(f"region='visible' needs a masked pretext; {type(self.base).__name__} has no patch mask. Use region='whole'.")
         m = unwrap(model)
-        with attack_mode(m, self.attack_mode):
+        with model_state(m, training=None if self.attack_mode == 'train' else False, frozen=True):
             return gradient_ascent(lambda xa: surface.loss(m, xa, self._target(xa))[0], surface.x, self.alpha, self.steps,
                                    surface.visible if self.region == 'visible' else None, self.eps if self.eps < 1 else None)
 
@@ -241,12 +220,13 @@ class PGDAdversarialTraining:
     def __init__(self, eps='8/255', norm:str='linf', steps:int=10, alpha='2/255', random_start:bool=True,
                  label_smoothing:float=0., attack_mode:str='eval'):
         self.norm = check_norm(norm)
+        if attack_mode not in ('train', 'eval'): raise ValueError(f"attack_mode must be 'train' or 'eval', got {attack_mode!r}.")
         self.eps, self.alpha = parse_eps(eps, norm), (parse_eps(alpha, norm) if alpha is not None else None)
         self.steps, self.random_start, self.label_smoothing, self.attack_mode = int(steps), random_start, label_smoothing, attack_mode
 
     def loss(self, model, x, y):
         m = unwrap(model)
-        with attack_mode(m, self.attack_mode):
+        with model_state(m, training=None if self.attack_mode == 'train' else False, frozen=True):
             x_adv = perturb(classifier_loss(m, y), x, self.eps, self.norm, self.steps, self.alpha, self.random_start)
         logits = model(x_adv)
         return {'loss': F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing),

@@ -4,12 +4,12 @@
 
 # %% ../nbs/11_cka.ipynb #78bc4c47
 from __future__ import annotations
-import math
+import contextlib, math
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from .core import check_images
-from .data import load_batch
+from .core import check_images, model_state
+from .data import as_dataset, load_batch
 from .models import ViT
 
 # %% auto #0
@@ -144,30 +144,33 @@ def layer_grams(model, x, include_norm:bool=False, dtype=torch.float32):
     return torch.stack(grams)
 
 # %% ../nbs/11_cka.ipynb #f410a267
+def _sized(data):
+    "`data` as a tensor of images or a Dataset (an `(x, y)` pair becomes one); `None` for an iterable of batches."
+    if torch.is_tensor(data): return data
+    if isinstance(data, (tuple, list)) and not (len(data) == 2 and torch.is_tensor(data[0])): return None   # a list of batches
+    if not (hasattr(data, '__len__') and hasattr(data, '__getitem__')): return None                        # a DataLoader
+    return as_dataset(data)
+
 def iter_images(data, n:int|None=None, batch_size:int=100):
     "Batches of [0,1] images (at most `n` images in all) from a tensor, an (x, y) pair, a Dataset or an iterable of batches."
-    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]): data = data[0]
-    if torch.is_tensor(data):
-        n = min(n or len(data), len(data))
-        for i in range(0, n, batch_size): yield data[i:min(i + batch_size, n)]
-    elif hasattr(data, '__len__') and hasattr(data, '__getitem__') and not isinstance(data, (list, tuple)):
-        n = min(n or len(data), len(data))
-        for i in range(0, n, batch_size): yield load_batch(data, torch.arange(i, min(i + batch_size, n)))[0]
-    else:
-        seen = 0
-        for b in data:
-            x = b[0] if isinstance(b, (tuple, list)) else b
-            if n is not None: x = x[:n - seen]
-            if len(x): yield x
-            seen += len(x)
-            if n is not None and seen >= n: break
+    src = _sized(data)
+    if src is not None:
+        n = min(n or len(src), len(src))
+        for i in range(0, n, batch_size):
+            yield src[i:min(i + batch_size, n)] if torch.is_tensor(src) else load_batch(src, torch.arange(i, min(i + batch_size, n)))[0]
+        return
+    seen = 0
+    for b in data:
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        if n is not None: x = x[:n - seen]
+        if len(x): yield x
+        seen += len(x)
+        if n is not None and seen >= n: break
 
 def _n_batches(data, n, batch_size):
     "Number of batches `iter_images` will yield when it can be known in advance (for the progress bar)."
-    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]): data = data[0]
-    if torch.is_tensor(data) or (hasattr(data, '__len__') and hasattr(data, '__getitem__')):
-        return math.ceil(min(n or len(data), len(data)) / batch_size)
-    return None
+    src = _sized(data)
+    return None if src is None else math.ceil(min(n or len(src), len(src)) / batch_size)
 
 def _device(model): return next(model.parameters()).device
 
@@ -177,18 +180,15 @@ def cka_matrix(model_a, data, model_b=None, n:int|None=None, batch_size:int=100,
     "Minibatch linear CKA between every block of `model_a` and every block of `model_b` (default: itself) on `data`."
     same = model_b is None or model_b is model_a
     models = [model_a] if same else [model_a, model_b]
-    modes = [m.training for m in models]
-    for m in models: m.eval()
     acc = MinibatchCKA()
-    try:
+    with contextlib.ExitStack() as evaluating:
+        for m in models: evaluating.enter_context(model_state(m, training=False))
         total = _n_batches(data, n, batch_size)
         for x in tqdm(iter_images(data, n, batch_size), total=total, desc='CKA', disable=not progress, leave=False):
             check_images(x)
             Ga = layer_grams(model_a, x.to(_device(model_a)), include_norm)
             Gb = None if same else layer_grams(model_b, x.to(_device(model_b)), include_norm).to(Ga.device)
             acc.update_grams(Ga, Gb)
-    finally:
-        for m, t in zip(models, modes): m.train(t)
     return acc.compute()
 
 # %% ../nbs/11_cka.ipynb #9ee78935

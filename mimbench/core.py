@@ -85,16 +85,22 @@ def model_state(model:nn.Module, training:bool|None=None, check_inputs:bool|None
     was_training = model.training
     checked = [(m, m.check_inputs) for m in model.modules() if hasattr(m, 'check_inputs')]
     grads = [(p, p.requires_grad) for p in model.parameters()]
+    bns = [(b, b.momentum, None if b.num_batches_tracked is None else b.num_batches_tracked.clone())
+           for b in model.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)] if frozen else []
     if training is not None: model.train(training)
     if check_inputs is not None:
         for m, _ in checked: m.check_inputs = check_inputs
     if frozen is not None:
         for p, g in grads: p.requires_grad_(g and not frozen)
+    for b, _, _ in bns: b.momentum = 0.                     # running = (1 − 0)·running + 0·batch
     try: yield model
     finally:
         model.train(was_training)
         for m, c in checked: m.check_inputs = c
         for p, g in grads: p.requires_grad_(g)
+        for b, mom, nbt in bns:
+            b.momentum = mom
+            if nbt is not None: b.num_batches_tracked.copy_(nbt)
 
 # %% ../nbs/00_core.ipynb #6681ab98
 NORMS = ('linf', 'l2')

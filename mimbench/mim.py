@@ -6,9 +6,8 @@
 from __future__ import annotations
 import torch
 from torch import nn
-from .core import Registry
+from .core import Registry, model_state
 import math, re
-from contextlib import contextmanager
 from .models import MAE, create_mae
 
 # %% auto #0
@@ -123,15 +122,9 @@ def add_noise(x, sigma):
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, *[1] * (x.ndim - 1))
     return x + sigma / 255 * torch.randn_like(x)
 
-@contextmanager
 def unchecked_inputs(model):
-    "Let `model` accept inputs outside [0,1] (noisy images) for the duration."
-    mods = [m for m in model.modules() if hasattr(m, 'check_inputs')]
-    old = [m.check_inputs for m in mods]
-    for m in mods: m.check_inputs = False
-    try: yield model
-    finally:
-        for m, o in zip(mods, old): m.check_inputs = o
+    "Deprecated: `core.model_state(model, check_inputs=False)`; kept until 07_defenses and 13_attention use it."
+    return model_state(model, check_inputs=False)
 
 # %% ../nbs/03_mim.ipynb #67434c03
 @PRETEXTS.register('nim')
@@ -151,7 +144,7 @@ class NIMPretext(Pretext):
 
     def loss(self, model, x, y=None):
         x_noisy, sigma = self.noisy(x)
-        with unchecked_inputs(model):
+        with model_state(model, check_inputs=False):               # noisy images leave [0,1]
             loss, _, _ = model(x_noisy, mask_ratio=0., target=x)
         return {'loss': loss, 'sigma': sigma.mean()}
 
@@ -159,7 +152,7 @@ class NIMPretext(Pretext):
     def visualize(self, model, x, sigma=None):
         m = unwrap(model)
         x_noisy = add_noise(x, sigma) if sigma is not None else self.noisy(x)[0]
-        with unchecked_inputs(m):
+        with model_state(m, check_inputs=False):
             _, pred, mask = m(x_noisy, mask_ratio=0., target=x)
         recon = m.pred_to_pixels(pred, x)
         return {'original': x, 'noisy': x_noisy.clamp(0, 1), 'reconstruction': recon, 'mask': mask,

@@ -4,25 +4,23 @@
 
 # %% ../nbs/08_pretexts.ipynb #26a2010b
 from __future__ import annotations
-import copy, math
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import check_images
+from .core import check_images, model_state
 from .data import random_resized_crop, random_hflip
 from .models import (MODEL_BUILDERS, MAE, ViT, create_vit, vit_with_new_head, create_mae, random_masking, per_sample_masked_mean,
-                             load_model, read_checkpoint, load_weights, save_model, CheckpointError)
-from .mim import PRETEXTS, Pretext, MAEPretext, unwrap, unchecked_inputs
+                             load_model, save_model)
+from .mim import PRETEXTS, Pretext, MAEPretext, unwrap
 
 # %% auto #0
 __all__ = ['SURFACES', 'AttackSurface', 'capture', 'attack_surface', 'mae_per_sample', 'mask_from_noise', 'rotate',
-           'RotNetPretext', 'mlp', 'BYOLNet', 'create_byol', 'byol_views', 'cosine_loss', 'BYOLPretext',
-           'load_pretrained', 'encoder_of', 'classifier_from', 'export_encoder', 'perceptual_distance',
-           'PerceptualMAEPretext']
+           'RotNetPretext', 'mlp', 'BYOLNet', 'create_byol', 'byol_views', 'cosine_loss', 'BYOLPretext', 'encoder_of',
+           'classifier_from', 'export_encoder', 'perceptual_distance', 'PerceptualMAEPretext']
 
 # %% ../nbs/08_pretexts.ipynb #2159fe93
 @dataclass
@@ -216,24 +214,6 @@ class BYOLPretext(Pretext):
         return {'original': x, 'view1': v1, 'view2': v2, 'cosine': F.cosine_similarity(q, z, dim=-1)}
 
 # %% ../nbs/08_pretexts.ipynb #71c29ba5
-def _ckpt(path):
-    p = Path(path)
-    if p.is_dir():
-        if not (p / 'model.safetensors').exists():
-            raise FileNotFoundError(f"{p} has no model.safetensors: is the run finished? Re-run its command to resume it.")
-        p = p / 'model.safetensors'
-    return p
-
-def load_pretrained(path):
-    "Any mimbench pretraining result (run directory or checkpoint): MAE, AdPE/MAE+, ViT (RotNet) or BYOL net, in eval mode."
-    p = _ckpt(path)
-    state, meta = read_checkpoint(p)
-    config = meta.get('config') or {}
-    if config.get('kind') != 'byol': return load_model(p)[0]
-    state = {k[len('model.'):]: v for k, v in state.items() if k.startswith('model.')} or state
-    net = create_byol(**config)
-    return load_weights(net, state, f"checkpoint {p}").eval()
-
 def encoder_of(model) -> ViT:
     "The ViT encoder inside a pretrained model (MAE encoder, the ViT itself, BYOL's online encoder)."
     model = unwrap(model)
@@ -252,7 +232,7 @@ MODEL_BUILDERS['byol'] = create_byol     # `load_model` / `--init` rebuild BYOL 
 
 def export_encoder(path_or_model, out, num_classes:int=10, global_pool:str|None=None):
     "Write a ViT classifier checkpoint (fresh head) from a pretraining run, for `mimbench finetune --init OUT`."
-    model = path_or_model if isinstance(path_or_model, nn.Module) else load_pretrained(path_or_model)
+    model = path_or_model if isinstance(path_or_model, nn.Module) else load_model(path_or_model)[0]
     vit = classifier_from(model, num_classes, global_pool)
     return save_model(out, vit, exported_from=str(path_or_model) if not isinstance(path_or_model, nn.Module) else None)
 
@@ -266,7 +246,7 @@ def _token_mask(mask, mae:MAE, teacher:ViT):
 
 def perceptual_distance(teacher:ViT, recon, target, blocks, token_mask):
     "Σ over `blocks` (1-indexed) of the masked-token mean of ‖LN(f_l(recon)) − LN(f_l(target))‖²/D, per sample."
-    with unchecked_inputs(teacher):
+    with model_state(teacher, check_inputs=False):          # reconstructions may leave [0,1]
         with torch.no_grad(): ft = teacher.block_features(target)
         fr = teacher.block_features(recon)
     total = 0.
@@ -292,7 +272,7 @@ class PerceptualMAEPretext(MAEPretext):
     def teacher_net(self, device=None) -> ViT:
         "The frozen teacher ViT (loaded once, eval mode, no gradients)."
         if self._net is None:
-            net = encoder_of(load_pretrained(self.teacher)).eval()
+            net = encoder_of(load_model(self.teacher)[0]).eval()
             for p in net.parameters(): p.requires_grad_(False)
             self._net = net
         if device is not None and next(self._net.parameters()).device != torch.device(device): self._net.to(device)

@@ -24,9 +24,8 @@ from .mim import PRETEXTS, unwrap
 # %% auto #0
 __all__ = ['NOT_HASHED', 'FINETUNE_OBJECTIVES', 'STALE_POLICIES', 'TrainConfig', 'init_key', 'run_hash', 'run_dir',
            'CrossEntropy', 'layer_id', 'param_groups', 'lr_at', 'epoch_batches', 'step_seed', 'save_checkpoint',
-           'load_checkpoint', 'Run', 'read_metrics', 'set_input_checks', 'load_init', 'build_run', 'train_data',
-           'StaleRunError', 'run_code', 'stale_reasons', 'set_aside', 'adopt_run', 'run_lock', 'train', 'accuracy',
-           'plot_curves']
+           'load_checkpoint', 'Run', 'read_metrics', 'load_init', 'build_run', 'train_data', 'StaleRunError',
+           'run_code', 'stale_reasons', 'set_aside', 'adopt_run', 'run_lock', 'train', 'accuracy', 'plot_curves']
 
 # %% ../nbs/04_train.ipynb #1c77ad31
 @dataclass
@@ -232,19 +231,9 @@ def _dist_info():
     return 0, 1, 0
 
 # %% ../nbs/04_train.ipynb #7031e311
-def set_input_checks(model, on:bool):
-    "Switch the [0,1]-range check of every mimbench module inside `model` on or off."
-    for m in model.modules():
-        if hasattr(m, 'check_inputs'): m.check_inputs = on
-
 def load_init(path):
-    "A pretrained model from a run directory or a checkpoint file."
-    p = Path(path)
-    if p.is_dir():
-        if not (p / 'model.safetensors').exists():
-            raise FileNotFoundError(f"{p} has no model.safetensors: is the pretraining run finished? Re-run its command to resume it.")
-        p = p / 'model.safetensors'
-    return load_model(p)[0]
+    "The model of a run directory or checkpoint file (`models.load_model` without the metadata), in eval mode."
+    return load_model(path)[0]
 
 def build_run(cfg:TrainConfig):
     "Model and objective for `cfg` (the registries find recipes of any mimbench module by themselves)."
@@ -372,7 +361,6 @@ def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
     ds = train_data(cfg)
     model, objective = build_run(cfg)
     model.to(device)
-    set_input_checks(model, True)
     lr = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size / 256
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=lr, betas=tuple(cfg.betas))
     batches_per_epoch = len(ds) // cfg.batch_size
@@ -394,46 +382,46 @@ def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
     aug = AUGMENTATIONS[cfg.augment]
     amp = cfg.amp and device.type == 'cuda'
     t0 = time.time()
-    while step < total:
-        epoch, first = divmod(step, batches_per_epoch)
-        net.train()
-        batches = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch)
-        bar = tqdm(range(first, batches_per_epoch), desc=f"{cfg.task} {cfg.recipe} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress or rank, leave=False, dynamic_ncols=True)
-        for b in bar:
-            torch.manual_seed(step_seed(cfg.seed, step, rank))
-            x, y = load_batch(ds, batches[b][rank::world])
-            x, y = aug(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-            for g in optimizer.param_groups: g['lr'] = lr_at(step, total, warmup, lr, cfg.min_lr) * g['lr_scale']
-            if hasattr(objective, 'step'): objective.step = step   # objectives that follow the step count (adv-bert's alternation) resume exactly
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = objective.loss(net, x, y)
-            loss = out['loss']
-            if not torch.isfinite(loss): raise FloatingPointError(f"Loss became {loss.item()} at step {step}; lower the lr or enable clip_grad.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad: nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            step += 1
-            if step == 1: set_input_checks(model, False)   # the first batch was checked; spare later syncs
-            logged.append({k: v.item() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1})
-            if rank == 0 and (step % cfg.log_every == 0 or b == batches_per_epoch - 1):
-                rec = {'step': step, 'epoch': epoch + (b + 1) / batches_per_epoch,
-                       **{k: sum(r[k] for r in logged) / len(logged) for k in logged[0]},
-                       'lr': optimizer.param_groups[-1]['lr'] / optimizer.param_groups[-1]['lr_scale'],
-                       'time': round(time.time() - t0, 2)}
-                _append_metrics(d, rec); logged = []
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            if rank == 0 and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step % batches_per_epoch:
-                save_checkpoint(ckpt, model, optimizer, step, cfg, logged)
-        bar.close()
-        if rank == 0:
-            rec = {'step': step, 'epoch': epoch + 1, 'epoch_end': True, 'time': round(time.time() - t0, 2)}
-            if cfg.task == 'finetune' and cfg.eval_split:
-                rec['eval_acc'] = accuracy(model, cfg, split=cfg.eval_split, n=cfg.n_eval, device=device)
-            _append_metrics(d, rec)
-            save_checkpoint(ckpt, model, optimizer, step, cfg)
-    set_input_checks(model, True)
+    with contextlib.ExitStack() as unchecked:                  # input checks back on when training ends
+        while step < total:
+            epoch, first = divmod(step, batches_per_epoch)
+            net.train()
+            batches = epoch_batches(len(ds), cfg.batch_size, cfg.seed, epoch)
+            bar = tqdm(range(first, batches_per_epoch), desc=f"{cfg.task} {cfg.recipe} epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not cfg.progress or rank, leave=False, dynamic_ncols=True)
+            for b in bar:
+                torch.manual_seed(step_seed(cfg.seed, step, rank))
+                x, y = load_batch(ds, batches[b][rank::world])
+                x, y = aug(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+                for g in optimizer.param_groups: g['lr'] = lr_at(step, total, warmup, lr, cfg.min_lr) * g['lr_scale']
+                if hasattr(objective, 'step'): objective.step = step   # objectives that follow the step count (adv-bert's alternation) resume exactly
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = objective.loss(net, x, y)
+                loss = out['loss']
+                if not torch.isfinite(loss): raise FloatingPointError(f"Loss became {loss.item()} at step {step}; lower the lr or enable clip_grad.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_grad: nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+                step += 1
+                if step == 1: unchecked.enter_context(model_state(model, check_inputs=False))   # the first batch was checked; spare later syncs
+                logged.append({k: v.item() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1})
+                if rank == 0 and (step % cfg.log_every == 0 or b == batches_per_epoch - 1):
+                    rec = {'step': step, 'epoch': epoch + (b + 1) / batches_per_epoch,
+                           **{k: sum(r[k] for r in logged) / len(logged) for k in logged[0]},
+                           'lr': optimizer.param_groups[-1]['lr'] / optimizer.param_groups[-1]['lr_scale'],
+                           'time': round(time.time() - t0, 2)}
+                    _append_metrics(d, rec); logged = []
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                if rank == 0 and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step % batches_per_epoch:
+                    save_checkpoint(ckpt, model, optimizer, step, cfg, logged)
+            bar.close()
+            if rank == 0:
+                rec = {'step': step, 'epoch': epoch + 1, 'epoch_end': True, 'time': round(time.time() - t0, 2)}
+                if cfg.task == 'finetune' and cfg.eval_split:
+                    rec['eval_acc'] = accuracy(model, cfg, split=cfg.eval_split, n=cfg.n_eval, device=device)
+                _append_metrics(d, rec)
+                save_checkpoint(ckpt, model, optimizer, step, cfg)
     result = {'steps': step, 'epochs': cfg.epochs, 'train_images': len(ds), 'time_s': round(time.time() - t0, 2)}
     if rank == 0:
         if cfg.task == 'finetune' and cfg.eval_split:

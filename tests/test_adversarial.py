@@ -8,9 +8,9 @@ import mimbench.train as T
 from mimbench.mim import PRETEXTS, MAEPretext
 from mimbench.models import create_mae, create_vit, save_model, load_model
 from mimbench.mi import hsic_normalized
-from mimbench.pretexts import (attack_surface, mae_per_sample, mask_from_noise, rotate, byol_views, cosine_loss,
-                               load_pretrained, BYOLNet)
-from mimbench.adversarial import Adversarial, pgd_mi, pgd_fea, attack_mode, gradient_ascent
+from mimbench.pretexts import attack_surface, mae_per_sample, mask_from_noise, rotate, byol_views, cosine_loss, BYOLNet
+from mimbench.adversarial import Adversarial, pgd_mi, pgd_fea, gradient_ascent
+from mimbench.core import model_state
 from mimbench.attacks import pgd, ATTACKS
 from mimbench.train import TrainConfig, train, read_metrics, FINETUNE_OBJECTIVES
 
@@ -154,7 +154,7 @@ def test_adv_byol_loss_matches_hand_computation():
         q = net.predictor(net.projector(net.encoder(z)))
         with torch.no_grad(): zt = net.target_projector(net.target_encoder(tg))
         return 2 - 2 * F.cosine_similarity(q, zt, dim=-1)
-    with attack_mode(net):
+    with model_state(net, frozen=True):
         xa = ref_pgd(per, on, 2 / 255, 'linf', 2, 2 / 255 * 5 / 8, True)
     assert out['loss'].item() == pytest.approx(2 * per(xa).mean().item(), rel=1e-5)
 
@@ -292,7 +292,7 @@ def test_cli_mimir_pretrain_pgd_at_finetune_and_adaptive_eval(tmp_path, capsys):
     common = ('--n-train', 128, '--batch-size', 64, '--no-progress', '--out', tmp_path)
     _cli('pretrain', '--recipe', 'mimir', '--mask-ratio', 0.7, '--args', '{"mi": "renyi", "mi_sigma": 2}', *common)
     (pre,) = tmp_path.glob('pretrain-mimir-*')
-    assert load_pretrained(pre).config['kind'] == 'mae'
+    assert load_model(pre)[0].config['kind'] == 'mae'
     _cli_inproc(capsys, 'finetune', '--recipe', 'pgd-at', '--init', pre, '--args', '{"steps": 2}', '--n-eval', 64, *common)
     (ft,) = tmp_path.glob('finetune-pgd-at-*')
     out = _cli_inproc(capsys, 'eval', ft, '--attacks', 'pgd-mi,pgd-fea', '--n', 32, '--no-progress')

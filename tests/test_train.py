@@ -154,7 +154,7 @@ def test_foreign_safetensors_file(tmp_path):
 
 def test_finetune_init_from_unfinished_run(tmp_path):
     d = tmp_path / 'unfinished'; d.mkdir()
-    with pytest.raises(FileNotFoundError, match='is the pretraining run finished'):
+    with pytest.raises(FileNotFoundError, match='is the run finished'):
         train(TrainConfig(task='finetune', recipe='ce', init=str(d), out=str(tmp_path), progress=False))
 
 def test_bad_images_for_models():
