@@ -9,21 +9,18 @@ import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 from torch import nn
-from timm.layers.attention import Attention
-from timm.models.vision_transformer import Block
-from .core import check_images, check_norm
-import mimbench.models as _models
-from .models import (MODEL_BUILDERS, MAE, ViT, create_vit, random_masking, sincos_pos_embed, grid_coords, sincos_table,
-                             per_sample_masked_mean, _sizes, _encoder, _norm_layer)
+from .core import check_images, check_norm, model_state
+from .models import (MAE, ViT, RelativePositions, create_encoder, create_vit, grid_coords, init_weights, load_encoder,
+                             model_builder, per_sample_masked_mean, preset_sizes, random_masking, rpe_logits, rpe_taps,
+                             sincos_pos_embed, sincos_table, table_radius)
 from .mim import PRETEXTS, Pretext, unwrap, reconstruction_panels
+from .pretexts import AttackSurface, capture, mask_from_noise
+from .adversarial import Adversarial
 
 # %% auto #0
-__all__ = ['ADV_UPDATES', 'RPE_ALPHA', 'RPE_BETA', 'RPE_GAMMA', 'ADV_MODES', 'EPS_GRID', 'PAPER_EPS', 'COMPARISON', 'SCALES',
-           'project_ball', 'Adversary', 'piecewise_index', 'relaxed_index', 'table_radius', 'grid_offsets', 'rpe_taps',
-           'rpe_logits', 'RPEContext', 'RPEAttention', 'RPEBlock', 'rpe_blocks', 'AdPEMAE', 'create_adpe_mae',
-           'create_rpe_vit', 'vit_from_adpe', 'random_crops', 'AdPEPretext', 'MAEPlusPretext', 'AdPEAPEEmb',
-           'AdPEAPECoord', 'AdPERPEEmb', 'AdPERPECoord', 'FGSMMAEPlusPretext', 'encoder_features', 'linear_probe',
-           'compare_pretraining', 'comparison_table']
+__all__ = ['ADV_UPDATES', 'ADV_MODES', 'ADPE_CONFIG', 'EPS_GRID', 'PAPER_EPS', 'project_ball', 'Adversary',
+           'AdversarialPositions', 'AdPEMAE', 'create_adpe_mae', 'vit_from_adpe', 'random_crops', 'AdPEPretext',
+           'MAEPlusPretext', 'AdPEAPEEmb', 'AdPEAPECoord', 'AdPERPEEmb', 'AdPERPECoord', 'FGSMMAEPlusPretext']
 
 # %% ../nbs/15_adpe.ipynb #7e8fc8bf
 ADV_UPDATES = ('sgd', 'sign', 'adamw')
@@ -81,152 +78,42 @@ class Adversary(nn.Module):
     def extra_repr(self): return f"shape={tuple(self.delta.shape)}, eps={self.eps:g}, norm={self.norm}, lr={self.lr:g}, update={self.update}"
 
 # %% ../nbs/15_adpe.ipynb #fae32e34
-RPE_ALPHA, RPE_BETA, RPE_GAMMA = 1.9, 3.8, 15.2
+class AdversarialPositions(RelativePositions):
+    "Relative positions of one layer whose masked query rows (`row_mask`, N×L) use shifted taps (coord) or a perturbed table (emb)."
+    def __init__(self, taps, row_mask, adv_taps=None, table_delta=None):
+        super().__init__(taps)
+        self.row_mask, self.adv_taps, self.table_delta = row_mask, adv_taps, table_delta
 
-def piecewise_index(x, alpha=RPE_ALPHA, beta=RPE_BETA, gamma=RPE_GAMMA):
-    "iRPE's integer index g(x): round(x) for |x| ≤ α, else sign(x)·⌊min(β, round(α + ln(|x|/α)/ln(γ/α)·(β − α)))⌋."
-    ax = x.abs()
-    far = torch.sign(x) * (alpha + torch.log(ax.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)).round().clamp(max=beta).trunc()
-    return torch.where(ax <= alpha, x.round(), far)
-
-def relaxed_index(x, alpha=RPE_ALPHA, beta=RPE_BETA, gamma=RPE_GAMMA):
-    "AdPE's relaxed index g̃(x): x for |x| ≤ α, else sign(x)·min(β, α + ln(|x|/α)/ln(γ/α)·(β − α)); differentiable in x."
-    ax = x.abs()
-    far = torch.sign(x) * (alpha + torch.log(ax.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)).clamp(max=beta)
-    return torch.where(ax <= alpha, x, far)
-
-def table_radius(beta=RPE_BETA) -> int:
-    "Half-width K of the (2K+1)² relative-position table: ⌈β⌉."
-    return int(math.ceil(beta))
+    def logits(self, q, table):
+        m = self.row_mask[:, None, :, None].to(q.dtype)                    # N×1×L×1: masked query rows
+        adv_table = table if self.table_delta is None else table + F.pad(self.table_delta, (0, 1))   # cls bucket unperturbed
+        adv_taps = self.taps if self.adv_taps is None else self.adv_taps
+        return rpe_logits(q * (1 - m), table, self.taps) + rpe_logits(q * m, adv_table, adv_taps)   # linear in q
 
 # %% ../nbs/15_adpe.ipynb #62705b95
-def grid_offsets(g:int, device=None):
-    "Row and column offsets x_i − x_j between all tokens of a g×g grid: two L×L tensors."
-    c = grid_coords(g, device)
-    d = c[:, None, :] - c[None, :, :]
-    return d[..., 0], d[..., 1]
-
-def rpe_taps(g:int, delta=None, device=None, alpha=RPE_ALPHA, beta=RPE_BETA, gamma=RPE_GAMMA, cls_token=True):
-    "Bilinear taps of the relaxed 2-D index for all token pairs (offsets + `delta` = (δ_row, δ_col)): (idx, w), each 4×N×N (4×layers×N×N for layers×2 δ)."
-    K = table_radius(beta); S = 2 * K + 1
-    dr, dc = grid_offsets(g, device)
-    if delta is not None: dr, dc = dr + delta[..., 0, None, None], dc + delta[..., 1, None, None]   # δ: 2 or layers×2
-    u, v = relaxed_index(dr, alpha, beta, gamma) + K, relaxed_index(dc, alpha, beta, gamma) + K   # in [K−β, K+β] ⊂ [0, 2K]
-    k0, l0 = u.detach().floor().clamp(0, 2 * K - 1), v.detach().floor().clamp(0, 2 * K - 1)
-    wu, wv = u - k0, v - l0
-    k0, l0 = k0.long(), l0.long()
-    idx = torch.stack([k0 * S + l0, (k0 + 1) * S + l0, k0 * S + l0 + 1, (k0 + 1) * S + l0 + 1])
-    w = torch.stack([(1 - wu) * (1 - wv), wu * (1 - wv), (1 - wu) * wv, wu * wv])
-    if cls_token:                                        # pairs with the cls token use bucket S² with weight 1
-        idx = F.pad(idx, (1, 0, 1, 0), value=S * S)
-        w = F.pad(w, (1, 0, 1, 0), value=0.); w[0, ..., 0, :] = 1.; w[0, ..., :, 0] = 1.
-    return idx, w
-
-def rpe_logits(q, table, taps, lookup_first:bool|None=None):
-    "q_i·r_ij with r_ij = Σ_t w_t(i,j)·table[:, idx_t(i,j)]: N×H×Lq×Lk from queries N×H×Lq×d, a d×B table and taps 4×Lq×Lk."
-    idx, w = taps
-    if lookup_first is None: lookup_first = idx.shape[-1] <= 2 * table.shape[-1]
-    if lookup_first:                                          # few tokens: look up r_ij (Lq×Lk×d) once, then one product
-        r = (w[..., None].to(table.dtype) * table.t()[idx]).sum(0)   # in the table's precision (fp32 under AMP)
-        return torch.einsum('nhic,ijc->nhij', q, r.to(q.dtype))
-    scores = q @ table.to(q.dtype)                            # many tokens: score every bucket, then gather the taps
-    n, h, lq, _ = scores.shape
-    return sum(w[t] * scores.gather(-1, idx[t].expand(n, h, lq, -1)) for t in range(len(idx)))
-
-# %% ../nbs/15_adpe.ipynb #b482cb3f
-class RPEContext:
-    "What an RPE layer needs besides its input: the taps, the masked-query rows (N×Lq, or None) and this layer's adversary."
-    def __init__(self, g:int, taps, row_mask=None, coord=None, table=None, rpe_args=None):
-        self.g, self.taps, self.row_mask, self.coord, self.table, self.rpe_args = g, taps, row_mask, coord, table, rpe_args or {}
-    def for_layer(self, coord=None, table=None):
-        return RPEContext(self.g, self.taps, self.row_mask, coord, table, self.rpe_args)
-
-class RPEAttention(Attention):
-    "timm `Attention` plus a contextual relative-position term on keys (table shared across heads)."
-    def __init__(self, dim, num_heads=8, alpha=RPE_ALPHA, beta=RPE_BETA, gamma=RPE_GAMMA, **kw):
-        super().__init__(dim, num_heads, **kw)
-        self.fused_attn = False                           # attention maps are part of the analysis; keep them readable
-        self.rpe_args = dict(alpha=alpha, beta=beta, gamma=gamma)
-        K = table_radius(beta)
-        self.rpe_table = nn.Parameter(torch.zeros(self.head_dim, (2 * K + 1) ** 2 + 1))   # iRPE initialises it to 0
-        self._taps = {}
-
-    def default_context(self, n_tokens:int, device):
-        g = math.isqrt(n_tokens - 1)
-        if g * g != n_tokens - 1: raise ValueError(f"RPE attention expects 1 + g² tokens (cls + a square grid), got {n_tokens}.")
-        key = (g, device)
-        if key not in self._taps: self._taps = {key: rpe_taps(g, device=device, **self.rpe_args)}
-        return RPEContext(g, self._taps[key], rpe_args=self.rpe_args)
-
-    def rpe_bias(self, q, pos:RPEContext):
-        "The relative-position logits N×H×N×N for scaled queries `q`, with the adversary on masked query rows."
-        table = self.rpe_table                                             # d × buckets
-        if pos.row_mask is None or (pos.coord is None and pos.table is None): return rpe_logits(q, table, pos.taps)
-        m = pos.row_mask[:, None, :, None].to(q.dtype)                    # N×1×L×1: masked query rows
-        adv_table = table if pos.table is None else table + F.pad(pos.table, (0, 1))   # cls bucket unperturbed
-        adv_taps = (pos.taps if pos.coord is None else pos.coord if isinstance(pos.coord, tuple)
-                    else rpe_taps(pos.g, pos.coord, q.device, **pos.rpe_args))
-        return rpe_logits(q * (1 - m), table, pos.taps) + rpe_logits(q * m, adv_table, adv_taps)   # linear in q
-
-    def forward(self, x, attn_mask=None, is_causal=False, pos:RPEContext|None=None):
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        q = q * self.scale
-        attn = q @ k.transpose(-2, -1) + self.rpe_bias(q, pos or self.default_context(N, x.device))
-        if attn_mask is not None: attn = attn + attn_mask
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj_drop(self.proj(self.norm(x)))
-
-class RPEBlock(Block):
-    "A timm `Block` whose attention is `RPEAttention`; `forward(x, pos=None)`."
-    def __init__(self, dim, num_heads, mlp_ratio=4., qkv_bias=True, drop_path=0., norm_layer=_norm_layer, **rpe_args):
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path, norm_layer=norm_layer,
-                         attn_layer=RPEAttention)
-        if rpe_args: self.attn = RPEAttention(dim, num_heads, qkv_bias=qkv_bias, **rpe_args)
-    def forward(self, x, attn_mask=None, is_causal=False, pos=None):
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, pos=pos)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-
-def rpe_blocks(blocks:nn.ModuleList, **rpe_args) -> nn.ModuleList:
-    "RPE versions of timm `Block`s with the same sizes (fresh weights, MAE initialisation)."
-    out = nn.ModuleList()
-    for b in blocks:
-        dim, heads = b.attn.qkv.in_features, b.attn.num_heads
-        dp = b.drop_path1.drop_prob if hasattr(b.drop_path1, 'drop_prob') else 0.
-        out.append(RPEBlock(dim, heads, b.mlp.fc1.out_features / dim, drop_path=dp, **rpe_args))
-    _models.init_weights(out)
-    return out
-
-# %% ../nbs/15_adpe.ipynb #7b1de763
 ADV_MODES = ('emb', 'coord')
 
 class AdPEMAE(MAE):
-    "MAE with APE or RPE position embeddings, an optional MAE+ all-token encoder and an adversary on the masked tokens."
+    "MAE with APE or RPE position embeddings (RPE: the encoder's `rpe`), an optional MAE+ all-token encoder and an adversary on the masked tokens."
     def __init__(self, encoder:ViT, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=16, mlp_ratio=4.,
-                 norm_pix_loss=True, pe='ape', encode_all=True, adversary:dict|None=None, share=True, train_grid=None,
-                 rpe_args:dict|None=None):
+                 norm_pix_loss=True, encode_all=True, adversary:dict|None=None, share=True, train_grid=None):
         super().__init__(encoder, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_pix_loss)
-        if pe not in ('ape', 'rpe'): raise ValueError(f"pe must be 'ape' or 'rpe', got {pe!r}.")
-        if pe == 'rpe' and not encode_all:
+        self.pe = 'rpe' if encoder.rpe else 'ape'
+        if self.pe == 'rpe' and not encode_all:
             raise ValueError("RPE needs encode_all=True (the MAE+ encoder sees the whole grid, as in the paper's code).")
-        self.pe, self.encode_all, self.rpe_args = pe, encode_all, dict(rpe_args or {})
+        self.encode_all, self.rpe_args = encode_all, dict(encoder.rpe) if isinstance(encoder.rpe, dict) else {}
         self.encoder.patch_embed.strict_img_size = False   # MAE+ feeds half-size crops
         self._pe_cache = {}
-        if pe == 'rpe':
-            self.encoder.blocks = rpe_blocks(self.encoder.blocks, **self.rpe_args)
-            self.decoder_blocks = rpe_blocks(self.decoder_blocks, **self.rpe_args)
+        if self.pe == 'rpe': self.redraw_rpe_blocks()
         if encode_all:                                     # the MAE+ encoder fills masked positions with its own token
             self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim)); nn.init.normal_(self.mask_token, std=.02)
         self.adversary_spec = dict(adversary) if adversary else None
-        self.adv, self.rpe_adv = None, None
+        self.adv, self.rpe_adv, self.mode = None, None, None
         if adversary:
             a = dict(adversary); mode = a.pop('mode')
             if mode not in ADV_MODES: raise ValueError(f"Unknown adversary mode {mode!r}; use one of {ADV_MODES}.")
             self.mode = mode
-            if pe == 'ape':
+            if self.pe == 'ape':
                 width = 2 if mode == 'coord' else (encoder.embed_dim if encode_all else decoder_embed_dim)
                 g = train_grid or encoder.grid_size
                 self.adv = Adversary((width,) if share else (g * g, width), **a)
@@ -236,7 +123,13 @@ class AdPEMAE(MAE):
                     K = table_radius(blk.attn.rpe_args['beta'])
                     return Adversary((2,) if mode == 'coord' else (blk.attn.head_dim, (2 * K + 1) ** 2), **a)
                 self.rpe_adv = nn.ModuleList([make(b) for b in [*self.encoder.blocks, *self.decoder_blocks]])
-        else: self.mode = None
+
+    def redraw_rpe_blocks(self):
+        "Draw the RPE blocks' weights after the rest of the model (encoder, then decoder), as the first implementation did: same seed, same model."
+        for blocks in (self.encoder.blocks, self.decoder_blocks):
+            for b in blocks:                               # what constructing a block draws, then the MAE initialisation
+                for lin in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2): lin.reset_parameters()
+            init_weights(blocks)
 
     # --- positions ---
     def ape(self, g:int, dim:int, delta=None, device=None):
@@ -255,22 +148,19 @@ class AdPEMAE(MAE):
         if self.mode == 'emb': return pe + m * d.to(pe.dtype)
         return pe + m * (self.ape(g, pe.shape[-1], d, pe.device).to(pe.dtype) - pe)
 
-    def rpe_context(self, g:int, mask, device):
-        "The RPE context of a forward pass: unperturbed taps and masked query rows (cls never masked)."
-        taps = rpe_taps(g, device=device, **self.rpe_args)
-        if mask is None or self.rpe_adv is None or not self.training: return RPEContext(g, taps, rpe_args=self.rpe_args)
-        ctx = RPEContext(g, taps, F.pad(mask, (1, 0)), rpe_args=self.rpe_args)
-        advs = [a() for a in self.rpe_adv]                 # leaves whose gradients drive the ascent steps
-        if self.mode == 'coord':                           # all layers' taps in one batched computation
-            idx_a, w_a = rpe_taps(g, torch.stack(advs), device, **self.rpe_args)
-            ctx.layer_adv = [dict(coord=(idx_a[:, l], w_a[:, l])) for l in range(len(advs))]
-        else: ctx.layer_adv = [dict(table=d) for d in advs]
-        return ctx
+    def rpe_positions(self, g:int, mask, adversaries) -> list|None:
+        "One `AdversarialPositions` per block from its adversary (masked query rows of `mask`, N×L); None: the plain grid."
+        if mask is None or self.rpe_adv is None or not self.training: return None
+        taps = rpe_taps(g, device=mask.device, **self.rpe_args)
+        rows = F.pad(mask, (1, 0))                         # N×(1+L): cls is never masked
+        deltas = [a() for a in adversaries]                # leaves whose gradients drive the ascent steps
+        if self.mode == 'emb': return [AdversarialPositions(taps, rows, table_delta=d) for d in deltas]
+        idx, w = rpe_taps(g, torch.stack(deltas), mask.device, **self.rpe_args)   # all layers' shifted taps at once
+        return [AdversarialPositions(taps, rows, adv_taps=(idx[:, l], w[:, l])) for l in range(len(deltas))]
 
-    def _run_blocks(self, blocks, x, ctx, offset=0):
-        for i, blk in enumerate(blocks):
-            if ctx is None: x = blk(x); continue
-            x = blk(x, pos=ctx.for_layer(**ctx.layer_adv[offset + i]) if ctx.row_mask is not None else ctx)
+    def run_blocks(self, blocks, x, positions=None):
+        "`x` through `blocks`, block i with `positions[i]` when given."
+        for i, blk in enumerate(blocks): x = blk(x) if positions is None else blk(x, pos=positions[i])
         return x
 
     # --- encoder / decoder ---
@@ -287,9 +177,9 @@ class AdPEMAE(MAE):
         enc = self.encoder
         t = enc.patch_embed(enc.normalize(imgs))                          # N×L×D
         pe = self.ape(g, enc.embed_dim, device=t.device)
+        positions = None
         if not self.encode_all:
             x, mask, ids_restore = random_masking(t + pe[:, 1:], mask_ratio, noise)
-            ctx = None
         else:
             _, mask, ids_restore = random_masking(t, mask_ratio, noise)
             m = mask[..., None].to(t.dtype)
@@ -297,18 +187,17 @@ class AdPEMAE(MAE):
             pos = pe[:, 1:].expand(len(t), -1, -1)
             if self.adv is not None and self.training: pos = self.adversarial_ape(pos, mask, g)
             x = x + pos
-            ctx = self.rpe_context(g, mask, t.device) if self.pe == 'rpe' else None
+            if self.pe == 'rpe': positions = self.rpe_positions(g, mask, self.rpe_adv[:len(enc.blocks)] if self.rpe_adv else [])
         x = torch.cat([(enc.cls_token + pe[:, :1]).expand(len(x), -1, -1), x], dim=1)
-        x = self._run_blocks(enc.blocks, x, ctx)
-        self._ctx = ctx
-        return enc.norm(x), mask, ids_restore
+        return enc.norm(self.run_blocks(enc.blocks, x, positions)), mask, ids_restore
 
     def forward_decoder(self, latent, ids_restore, mask=None):
-        "Decode every token → per-patch predictions N×L×(p·p·C)."
+        "Decode every token → per-patch predictions N×L×(p·p·C); `mask` (N×L) places the adversary on the masked tokens."
         x = self.decoder_embed(latent)
         n, L = ids_restore.shape
         g = math.isqrt(L)
         dpe = self.ape(g, x.shape[-1], device=x.device)
+        positions = None
         if not self.encode_all:
             x_ = torch.cat([x[:, 1:], self.mask_token.expand(n, L + 1 - x.shape[1], -1)], dim=1)
             x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
@@ -316,11 +205,10 @@ class AdPEMAE(MAE):
             if self.adv is not None and self.training and mask is not None:   # APE adversary on the decoder's masked tokens
                 dpe = torch.cat([dpe[:, :1].expand(n, -1, -1), self.adversarial_ape(dpe[:, 1:].expand(n, -1, -1), mask, g)], 1)
             x = x + dpe
-            ctx = None
         else:
             x = x + dpe
-            ctx = getattr(self, '_ctx', None)
-        x = self._run_blocks(self.decoder_blocks, x, ctx, offset=len(self.encoder.blocks))
+            if self.pe == 'rpe': positions = self.rpe_positions(g, mask, self.rpe_adv[len(self.encoder.blocks):] if self.rpe_adv else [])
+        x = self.run_blocks(self.decoder_blocks, x, positions)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def loss_per_sample(self, imgs, pred, mask):
@@ -330,7 +218,6 @@ class AdPEMAE(MAE):
     def forward(self, imgs, mask_ratio=0.75, noise=None, target=None, per_sample=False):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore, mask)
-        self._ctx = None
         loss = self.loss_per_sample(imgs if target is None else target, pred, mask)
         return (loss if per_sample else loss.mean()), pred, mask
 
@@ -349,39 +236,28 @@ class AdPEMAE(MAE):
         if not advs: return torch.zeros(())
         return torch.stack([a.delta.abs().max() if (norm or a.norm) == 'linf' else a.delta.norm() for a in advs]).mean()
 
-# %% ../nbs/15_adpe.ipynb #08abbd7e
+# %% ../nbs/15_adpe.ipynb #db05a82b
+ADPE_CONFIG = ('pe', 'encode_all', 'adversary', 'share', 'train_grid', 'norm_pix_loss', 'rpe_args')   # not the classifier's
+
+@model_builder('adpe-mae')
 def create_adpe_mae(preset='micro', img_size=32, patch_size=4, in_chans=3, pe='ape', encode_all=True,
                     adversary:dict|None=None, share=True, train_grid=None, norm_pix_loss=True, rpe_args=None, **overrides) -> AdPEMAE:
-    "An `AdPEMAE` of the given preset (sizes as `create_mae`)."
-    s = _sizes(preset, overrides)
-    m = AdPEMAE(_encoder(s, img_size, patch_size, in_chans), s['decoder_embed_dim'], s['decoder_depth'],
-                s['decoder_num_heads'], s['mlp_ratio'], norm_pix_loss, pe, encode_all, adversary, share, train_grid, rpe_args)
+    "An `AdPEMAE` of the given preset (sizes as `create_mae`); `pe='rpe'`: relative positions with iRPE's `rpe_args`."
+    if pe not in ('ape', 'rpe'): raise ValueError(f"pe must be 'ape' or 'rpe', got {pe!r}.")
+    s = preset_sizes(preset, overrides)
+    enc = create_encoder(s, img_size, patch_size, in_chans, rpe=(rpe_args or True) if pe == 'rpe' else None)
+    m = AdPEMAE(enc, s['decoder_embed_dim'], s['decoder_depth'], s['decoder_num_heads'], s['mlp_ratio'], norm_pix_loss,
+                encode_all, adversary, share, train_grid)
     m.config = dict(kind='adpe-mae', preset=preset, img_size=img_size, patch_size=patch_size, in_chans=in_chans, pe=pe,
                     encode_all=encode_all, adversary=adversary, share=share, train_grid=train_grid,
                     norm_pix_loss=norm_pix_loss, rpe_args=rpe_args, **overrides)
     return m
 
-def create_rpe_vit(preset='micro', img_size=32, patch_size=4, in_chans=3, num_classes=10, global_pool='token',
-                   drop_path_rate=0., rpe_args=None, **overrides) -> ViT:
-    "A ViT classifier whose blocks are `RPEBlock`s."
-    vit = create_vit(preset, img_size, patch_size, in_chans, num_classes, global_pool, drop_path_rate, **overrides)
-    vit.blocks = rpe_blocks(vit.blocks, **(rpe_args or {}))          # keeps each block's drop-path rate
-    vit.config = dict(vit.config, kind='rpe-vit', rpe_args=rpe_args)
-    return vit
-
-MODEL_BUILDERS['adpe-mae'] = create_adpe_mae     # `load_model` / `Run.load_model` / `--init` rebuild our checkpoints
-MODEL_BUILDERS['rpe-vit'] = create_rpe_vit
-
 def vit_from_adpe(mae:AdPEMAE, num_classes=10, global_pool='token', drop_path_rate=0.) -> ViT:
-    "A classifier (plain ViT for APE, RPE ViT for RPE) starting from `mae`'s encoder (fresh head)."
-    c = {k: v for k, v in mae.config.items() if k not in ('kind', 'pe', 'encode_all', 'adversary', 'share', 'train_grid',
-                                                         'norm_pix_loss', 'rpe_args')}
-    vit = (create_rpe_vit(**c, rpe_args=mae.rpe_args or None, num_classes=num_classes, global_pool=global_pool,
-                          drop_path_rate=drop_path_rate) if mae.pe == 'rpe' else
-           create_vit(**c, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate))
-    return _models.load_encoder(vit, mae)
-
-
+    "A classifier (a ViT with the encoder's relative positions, if any) starting from `mae`'s encoder (fresh head)."
+    c = {k: v for k, v in mae.config.items() if k not in ('kind', *ADPE_CONFIG)}
+    return load_encoder(create_vit(**c, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate,
+                                   rpe=mae.encoder.rpe), mae)
 
 # %% ../nbs/15_adpe.ipynb #c1e4a854
 def random_crops(x, crops:int=4, size:int|None=None, generator=None):
@@ -447,10 +323,22 @@ class AdPEPretext(Pretext):
     def visualize(self, model, x, mask_ratio=None, noise=None):
         "Reconstructions of the full images (no adversary: the model is evaluated as it will be used)."
         m = unwrap(model)
-        was = m.training; m.eval()
-        try: _, pred, mask = m(x, mask_ratio=self.mask_ratio if mask_ratio is None else mask_ratio, noise=noise)
-        finally: m.train(was)
+        with model_state(m, training=False):
+            _, pred, mask = m(x, mask_ratio=self.mask_ratio if mask_ratio is None else mask_ratio, noise=noise)
         return reconstruction_panels(m, x, pred, mask)
+
+    def attack_surface(self, model, x):
+        "What a pixel attack on this pretext perturbs: the views (crops), one drawn mask, and the per-sample masked-patch loss."
+        v = self.views(x)
+        m = unwrap(model)
+        noise = torch.rand(len(v), (v.shape[-1] // m.patch_size) ** 2, device=v.device)
+        mask = mask_from_noise(noise, self.mask_ratio)
+        def loss(net, x_in, target=None):
+            with capture(m.encoder.norm) as lat:
+                per, pred, mk = net(x_in, mask_ratio=self.mask_ratio, noise=noise, target=v if target is None else target,
+                                    per_sample=True)
+            return per, {'latent': lat[-1], 'pred': pred, 'mask': mk}
+        return AttackSurface(v, loss, visible=1 - mask, info={'noise': noise, 'mask': mask})
 
 @PRETEXTS.register('mae-plus')
 class MAEPlusPretext(AdPEPretext):
@@ -478,24 +366,6 @@ class AdPERPECoord(AdPEPretext):
     name, PE, MODE = 'adpe-rpe-coord', 'rpe', 'coord'
 
 # %% ../nbs/15_adpe.ipynb #b2357cad
-from .adversarial import Adversarial
-from .pretexts import AttackSurface, capture
-
-def _mae_plus_surface(self, model, x):
-    "The attack surface of MAE+/AdPE: the crops, one drawn mask, and the per-sample masked-patch loss."
-    v = self.views(x)
-    m = unwrap(model)
-    noise = torch.rand(len(v), (v.shape[-1] // m.patch_size) ** 2, device=v.device)
-    mask = random_masking(noise.new_zeros(*noise.shape, 1), self.mask_ratio, noise)[1]
-    def loss(net, x_in, target=None):
-        with capture(m.encoder.norm) as lat:
-            per, pred, mk = net(x_in, mask_ratio=self.mask_ratio, noise=noise, target=v if target is None else target,
-                                per_sample=True)
-        return per, {'latent': lat[-1], 'pred': pred, 'mask': mk}
-    return AttackSurface(v, loss, visible=1 - mask, info={'noise': noise, 'mask': mask})
-
-AdPEPretext.attack_surface = _mae_plus_surface
-
 @PRETEXTS.register('mae-plus-fgsm')
 class FGSMMAEPlusPretext(Adversarial):
     "MAE+ trained on FGSM pixel perturbations of its crops (the paper's instance-wise baseline); ε in pixels."
@@ -503,95 +373,3 @@ class FGSMMAEPlusPretext(Adversarial):
     def __init__(self, pixel_eps=0.01, pixel_norm:str='linf', **base_args):
         super().__init__(base='mae-plus', eps=pixel_eps, norm=pixel_norm, steps=1, random_start=False, region='whole',
                          target='natural', **base_args)
-
-# %% ../nbs/15_adpe.ipynb #f470a31f
-@torch.no_grad()
-def encoder_features(vit:ViT, ds, n:int|None=None, batch_size:int=500, pool:str='avg'):
-    "Frozen features (mean of patch tokens after the final norm, or the cls token) and labels of the first `n` images."
-    from mimbench.data import load_batch
-    was = vit.training; vit.eval()
-    dev = next(vit.parameters()).device
-    n = min(n or len(ds), len(ds)); fs, ys = [], []
-    for i in range(0, n, batch_size):
-        x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
-        t = vit.forward_features(x.to(dev))
-        fs.append((t[:, 1:].mean(1) if pool == 'avg' else t[:, 0]).float().cpu()); ys.append(y)
-    vit.train(was)
-    return torch.cat(fs), torch.cat(ys)
-
-def linear_probe(train_feats, train_y, test_feats, test_y, weight_decay:float=1e-4, steps:int=200) -> float:
-    "Test accuracy of a multinomial logistic regression on standardised frozen features (full-batch L-BFGS)."
-    mu, sd = train_feats.mean(0), train_feats.std(0) + 1e-6
-    a, b = (train_feats - mu) / sd, (test_feats - mu) / sd
-    k = int(train_y.max()) + 1
-    lin = nn.Linear(a.shape[1], k)
-    opt = torch.optim.LBFGS(lin.parameters(), lr=1., max_iter=steps, history_size=20, line_search_fn='strong_wolfe')
-    def closure():
-        opt.zero_grad()
-        l = F.cross_entropy(lin(a), train_y) + weight_decay * lin.weight.pow(2).sum()
-        l.backward(); return l
-    with torch.enable_grad(): opt.step(closure)
-    with torch.no_grad(): return (lin(b).argmax(1) == test_y).float().mean().item()
-
-# %% ../nbs/15_adpe.ipynb #7c294140
-COMPARISON = {'MAE': ('mae', {}), 'MAE+ (APE)': ('mae-plus', {}), 'MAE+ (RPE)': ('mae-plus', {'pe': 'rpe'}),
-              'AdPE APE-emb': ('adpe-ape-emb', {}), 'AdPE APE-coord': ('adpe-ape-coord', {}),
-              'AdPE RPE-emb': ('adpe-rpe-emb', {}), 'AdPE RPE-coord': ('adpe-rpe-coord', {}),
-              'MAE+ + pixel FGSM': ('mae-plus-fgsm', {'pixel_eps': 0.01})}
-
-SCALES = {'tiny':  dict(preset='micro', n_train=256, pretrain_epochs=1, finetune_epochs=1, batch_size=64, n_eval=200, n_probe=256),
-          'small': dict(preset='micro', n_train=4000, pretrain_epochs=4, finetune_epochs=5, batch_size=128, n_eval=2000, n_probe=4000),
-          'medium': dict(preset='micro', n_train=None, pretrain_epochs=5, finetune_epochs=2, batch_size=256, n_eval=None, n_probe=10000),
-          'paper': dict(preset='base', n_train=None, pretrain_epochs=400, finetune_epochs=100, batch_size=4096, n_eval=None, n_probe=None)}
-
-def compare_pretraining(recipes:dict|None=None, scale:str='tiny', out='runs', dataset='fashion-mnist', channels=1,
-                        img_size=32, patch_size=4, pretrain_lr=1.5e-3, finetune_lr=1e-3, n_attention=256, seed=0,
-                        progress=False, device=None, on_result=None, **overrides) -> list:
-    "Pretrain each recipe, then fine-tune, linear-probe and measure attention distance; one dict per recipe."
-    from mimbench.train import TrainConfig, train
-    from mimbench.data import get_dataset, subset, load_batch
-    from mimbench.attention import attention_maps, mean_attention_distance
-    import time
-    s = {**SCALES[scale], **overrides}
-    recipes = recipes or COMPARISON
-    common = dict(dataset=dataset, channels=channels, img_size=img_size, preset=s['preset'], patch_size=patch_size,
-                  n_train=s['n_train'], batch_size=s['batch_size'], seed=seed, out=str(out), progress=progress, device=device)
-    test = get_dataset(dataset, 'test', channels=channels, img_size=img_size)
-    train_ds = get_dataset(dataset, 'train', channels=channels, img_size=img_size)
-    probe_ds = subset(train_ds, s['n_probe'], seed=1) if s['n_probe'] else train_ds
-    rows = []
-    for name, (recipe, args) in recipes.items():
-        t0 = time.time()
-        pre = train(TrainConfig(task='pretrain', recipe=recipe, recipe_args=dict(args), epochs=s['pretrain_epochs'],
-                                lr=pretrain_lr, warmup_epochs=min(1., s['pretrain_epochs'] / 4), augment='flip', **common))
-        model = pre.load_model()
-        vit = model.to_classifier()                        # MAE, MAE+ and AdPE models each know their classifier
-        dev = torch.device(device) if device else next(iter(vit.parameters())).device
-        if device: vit.to(dev)
-        ftr, ytr = encoder_features(vit, probe_ds)
-        fte, yte = encoder_features(vit, test, s['n_eval'])
-        probe = linear_probe(ftr, ytr, fte, yte)
-        x, _ = load_batch(test, torch.arange(n_attention))
-        vit.eval()
-        mad = mean_attention_distance(attention_maps(vit, x.to(dev))).mean(1)     # blocks (mean over heads), patches
-        ft = train(TrainConfig(task='finetune', recipe='ce', init=str(pre.dir), epochs=s['finetune_epochs'], lr=finetune_lr,
-                               warmup_epochs=min(.5, s['finetune_epochs'] / 4), layer_decay=.75, augment='flip',
-                               eval_split='test', n_eval=s['n_eval'], **common))
-        recs = [r for r in pre.metrics if 'loss' in r]
-        row = dict(name=name, recipe=recipe, args=args, seed=seed, pretrain_epochs=s['pretrain_epochs'], pretrain_loss=recs[-1]['loss'],
-                   adv_norm=recs[-1].get('adv_norm'), finetune_acc=ft.result['test_acc'], probe_acc=probe,
-                   attention_distance=[round(v, 3) for v in mad.tolist()], pretrain_s=pre.result['time_s'],
-                   finetune_s=ft.result['time_s'], seconds=round(time.time() - t0, 1), pretrain_dir=str(pre.dir))
-        rows.append(row)
-        if on_result: on_result(row)
-    return rows
-
-def comparison_table(rows) -> str:
-    "A markdown table of `compare_pretraining` rows."
-    lines = ['| method | fine-tuned acc | linear probe | attention distance per block (patches) | pretrain loss | ‖adversary‖ |',
-             '|---|---|---|---|---|---|']
-    for r in rows:
-        adv = f"{r['adv_norm']:.3g}" if r.get('adv_norm') is not None else '–'
-        lines.append(f"| {r['name']} | {r['finetune_acc']:.4f} | {r['probe_acc']:.4f} | "
-                     f"{', '.join(f'{v:.2f}' for v in r['attention_distance'])} | {r['pretrain_loss']:.3f} | {adv} |")
-    return '\n'.join(lines)

@@ -8,23 +8,21 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import check_images
+from .core import check_images, model_state
+from .data import as_dataset, load_batch
 from .models import record_attention
-from .mim import unchecked_inputs
 
 # %% auto #0
 __all__ = ['ATTRIBUTIONS', 'attention_maps', 'num_prefix_tokens', 'query_index', 'query_map', 'attention_rollout',
            'patch_distances', 'mean_attention_distance', 'upsample', 'overlay', 'show_attention',
-           'plot_attention_distance', 'attribute', 'show_attributions', 'min_flip_eps', 'attribution_shift']
+           'plot_attention_distance', 'encoder_features', 'linear_probe', 'attribute', 'show_attributions',
+           'min_flip_eps', 'attribution_shift']
 
 # %% ../nbs/13_attention.ipynb #41d04b00
 @torch.no_grad()
 def attention_maps(model, x):
     "Attention probabilities of every block from one forward pass: blocks×N×heads×T×T."
-    was = model.training; model.eval()
-    try:
-        with record_attention(model) as maps: model(x)
-    finally: model.train(was)
+    with model_state(model, training=False), record_attention(model) as maps: model(x)
     if not maps: raise TypeError(f"{type(model).__name__} has no timm attention modules whose weights can be recorded.")
     return torch.stack(maps)
 
@@ -141,6 +139,37 @@ def plot_attention_distance(mad, ax=None, label:str|None=None, **kw):
     if label: ax.legend(fontsize=8)
     return ax
 
+# %% ../nbs/13_attention.ipynb #68117efa
+@torch.no_grad()
+def encoder_features(vit, data, n:int|None=None, batch_size:int=500, pool:str='avg'):
+    "Frozen features N×D (mean of the patch tokens after the final norm, or the cls token) and labels of the first `n` images."
+    if pool not in ('avg', 'token'): raise ValueError(f"pool must be 'avg' or 'token', got {pool!r}.")
+    ds = as_dataset(data)
+    dev = next(vit.parameters()).device
+    n = min(n or len(ds), len(ds)); fs, ys = [], []
+    with model_state(vit, training=False):
+        for i in range(0, n, batch_size):
+            x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
+            t = vit.forward_features(x.to(dev))                             # N×(1+L)×D
+            fs.append((t[:, 1:].mean(1) if pool == 'avg' else t[:, 0]).float().cpu()); ys.append(y)
+    return torch.cat(fs), torch.cat(ys)
+
+# %% ../nbs/13_attention.ipynb #3890b71f
+def linear_probe(train_feats, train_y, test_feats, test_y, weight_decay:float=1e-4, steps:int=200, per_sample:bool=False):
+    "Test accuracy of a logistic regression on standardised frozen features (full-batch L-BFGS); `per_sample`: the bool vector of correct test predictions."
+    mu, sd = train_feats.mean(0), train_feats.std(0) + 1e-6
+    a, b = (train_feats - mu) / sd, (test_feats - mu) / sd
+    k = int(train_y.max()) + 1
+    lin = nn.Linear(a.shape[1], k)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1., max_iter=steps, history_size=20, line_search_fn='strong_wolfe')
+    def closure():
+        opt.zero_grad()
+        l = F.cross_entropy(lin(a), train_y) + weight_decay * lin.weight.pow(2).sum()
+        l.backward(); return l
+    with torch.enable_grad(): opt.step(closure)
+    with torch.no_grad(): ok = lin(b).argmax(1) == test_y
+    return ok if per_sample else ok.float().mean().item()
+
 # %% ../nbs/13_attention.ipynb #836be559
 ATTRIBUTIONS = ('integrated_gradients', 'saliency', 'input_x_gradient', 'smoothgrad')
 
@@ -148,8 +177,7 @@ def attribute(model, x, target=None, method:str='integrated_gradients', reduce:b
     "captum attributions of `model`'s logit `target` (default: predicted class) w.r.t. [0,1] images: N×H×W (or N×C×H×W)."
     from captum import attr
     check_images(x)
-    was = model.training; model.eval()
-    try:
+    with model_state(model, training=False):
         if target is None:
             with torch.no_grad(): target = model(x).argmax(1)
         x = x.detach().clone().requires_grad_(True)
@@ -159,11 +187,10 @@ def attribute(model, x, target=None, method:str='integrated_gradients', reduce:b
         elif method == 'saliency': a = attr.Saliency(model).attribute(x, target=target, **kw)
         elif method == 'input_x_gradient': a = attr.InputXGradient(model).attribute(x, target=target, **kw)
         elif method == 'smoothgrad':                  # the noisy copies leave [0,1] on purpose
-            with unchecked_inputs(model):
+            with model_state(model, check_inputs=False):
                 a = attr.NoiseTunnel(attr.Saliency(model)).attribute(x, target=target, nt_type='smoothgrad',
                                                                      nt_samples=kw.pop('nt_samples', 16), stdevs=kw.pop('stdevs', .1), **kw)
         else: raise ValueError(f"Unknown attribution method {method!r}; choose one of {ATTRIBUTIONS}.")
-    finally: model.train(was)
     a = a.detach()
     return a.abs().sum(1) if reduce else a
 

@@ -1,11 +1,10 @@
-"AdPE: projection, parallel-mode ascent, equality with MAE at zero adversary lr, relaxed RPE index, MAE+ crops, trainer resume, CLI."
+"AdPE: projection, parallel-mode ascent, equality with MAE at zero adversary lr, MAE+ crops, trainer resume, CLI (the RPE index and lookup: test_models.py)."
 import math, os, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
-from mimbench.adpe import (Adversary, AdPEMAE, create_adpe_mae, project_ball, relaxed_index, piecewise_index, rpe_taps,
-                           random_crops, vit_from_adpe, RPE_ALPHA, RPE_BETA, RPE_GAMMA, EPS_GRID)
+from mimbench.adpe import Adversary, AdPEMAE, create_adpe_mae, project_ball, random_crops, vit_from_adpe, EPS_GRID
 from mimbench.mim import PRETEXTS
 from mimbench.models import create_mae, load_model
 from mimbench.train import TrainConfig, train, run_dir
@@ -98,56 +97,6 @@ def test_ascent_increases_pretext_loss_on_fixed_batch(update, pe, mode):
         loss, _, _ = m(x, noise=noise)
         loss.backward(); losses.append(loss.item())
     assert losses[-1] > losses[0] * 1.001, losses
-
-# --- relaxed RPE index ---
-
-def test_relaxed_index_matches_definition():
-    a, b, g = RPE_ALPHA, RPE_BETA, RPE_GAMMA
-    def ref(x):
-        if abs(x) <= a: return x
-        return math.copysign(min(b, a + math.log(abs(x) / a) / math.log(g / a) * (b - a)), x)
-    pts = [0., .5, -1., 1.9, -1.9, 2., 2.5, -3., 5., 7.6, -10., 15.2, 15.3, 100., -1e4]
-    torch.testing.assert_close(relaxed_index(torch.tensor(pts, dtype=torch.float64)),
-                               torch.tensor([ref(p) for p in pts], dtype=torch.float64))
-    # iRPE's integer index at chosen points
-    assert piecewise_index(torch.tensor([0., 1.4, 1.6, 2., 3., 7.6, 15.2, 40., -40.])).tolist() == [0, 1, 2, 2, 2, 3, 3, 3, -3]
-
-def test_relaxed_index_is_continuous_and_monotone():
-    x = torch.linspace(-40, 40, 80001, dtype=torch.float64)
-    y = relaxed_index(x)
-    dy = y.diff()
-    assert (dy >= 0).all()
-    assert dy.abs().max() <= (x[1] - x[0]) * 1.0001    # Lipschitz 1: no jumps anywhere (α, γ included)
-    assert y.abs().max() <= RPE_BETA + 1e-12
-
-def test_bilinear_taps_interpolate_the_relaxed_index():
-    "The interpolation weights recover the relaxed index: Σ w·(bucket coordinate) = g̃(offset + δ)."
-    K = math.ceil(RPE_BETA); S = 2 * K + 1
-    delta = torch.tensor([0.37, -2.6])
-    idx, w = rpe_taps(4, delta, cls_token=False)
-    from mimbench.adpe import grid_offsets
-    dr, dc = grid_offsets(4)
-    torch.testing.assert_close((w * (idx // S - K)).sum(0), relaxed_index(dr + delta[0]))
-    torch.testing.assert_close((w * (idx % S - K)).sum(0), relaxed_index(dc + delta[1]))
-
-def test_bilinear_lookup_matches_grid_sample():
-    "The 4-tap lookup equals torch's bilinear grid_sample (align_corners=True) on the table, at perturbed coordinates."
-    import torch.nn.functional as F
-    from mimbench.adpe import rpe_logits, grid_offsets
-    torch.manual_seed(0)
-    K = math.ceil(RPE_BETA); S = 2 * K + 1; C, g = 3, 5
-    table = torch.randn(C, S, S, dtype=torch.float64)
-    delta = torch.tensor([1.3, -0.45], dtype=torch.float64)
-    idx, w = rpe_taps(g, delta, cls_token=False)
-    N = g * g
-    basis = torch.eye(C, dtype=torch.float64)[None, :, None, :].expand(1, C, N, C)   # query e_c reads channel c of r_ij
-    dr, dc = grid_offsets(g)
-    u, v = relaxed_index(dr.double() + delta[0]) + K, relaxed_index(dc.double() + delta[1]) + K
-    grid = torch.stack([v / (S - 1) * 2 - 1, u / (S - 1) * 2 - 1], -1)[None]        # x = column, y = row
-    ref = F.grid_sample(table[None], grid, mode='bilinear', align_corners=True)[0]
-    for lookup_first in (True, False):                                              # both evaluation orders
-        ours = rpe_logits(basis, table.flatten(1), (idx, w.double()), lookup_first)[0]   # C×N×N
-        torch.testing.assert_close(ours, ref)
 
 def test_rpe_coordinate_gradient_is_finite_and_nonzero():
     torch.manual_seed(0)
@@ -247,7 +196,7 @@ def test_cli_pretrain_export_finetune(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     ck = tmp_path / 'enc.safetensors'
     clf, meta = load_model(ck)
-    assert meta['config']['kind'] == 'rpe-vit' and type(clf.blocks[0]).__name__ == 'RPEBlock'
+    assert meta['config']['kind'] == 'vit' and meta['config']['rpe'] and type(clf.blocks[0]).__name__ == 'RPEBlock'
     for init in (ck, pre):                             # the exported file, and the pretraining run itself
         r = cli('finetune', '--init', init, '--epochs', 1, '--n-train', 256, '--batch-size', 64, '--n-eval', 200,
                 '--no-progress', '--out', tmp_path / 'ft')
@@ -259,8 +208,13 @@ def test_cli_pretrain_export_finetune(tmp_path):
     r = cli('eval', pre)                               # a pretraining run is not: one clear line, no traceback
     assert r.returncode == 1 and 'fine-tune the pretraining run first' in r.stderr and 'Traceback' not in r.stderr
 
-def test_rpe_vit_keeps_the_stochastic_depth_schedule():
-    from mimbench.adpe import create_rpe_vit
-    from mimbench.models import create_vit
-    rates = lambda m: [getattr(b.drop_path1, 'drop_prob', 0.) for b in m.blocks]
-    assert rates(create_rpe_vit('micro', 32, 4, 1, drop_path_rate=0.2)) == rates(create_vit('micro', 32, 4, 1, drop_path_rate=0.2))
+def test_fresh_rpe_models_equal_the_pre_split_ones_at_a_seed():
+    "Same seed, same weights as when the RPE blocks were swapped in after construction (sums of the old code's tensors)."
+    import json
+    want = json.loads((Path(__file__).parent / 'legacy_adpe' / 'init_sums.json').read_text())
+    for name, (recipe, args) in {'adpe-rpe-coord': ('adpe-rpe-coord', {}), 'mae-plus-rpe': ('mae-plus', {'pe': 'rpe'})}.items():
+        torch.manual_seed(0)
+        m = PRETEXTS[recipe](**args).create_model('micro', 32, 4, 1)
+        got = {k: v.double().sum().item() for k, v in m.state_dict().items()}
+        assert got.keys() == want[name].keys()
+        for k, v in want[name].items(): assert got[k] == pytest.approx(v, rel=1e-12, abs=1e-12), (name, k)
