@@ -67,7 +67,9 @@ def record_code(attacks=()) -> dict:
     from mimbench.attacks import ATTACKS
     names = [a[0] if isinstance(a, (list, tuple)) else a for a in attacks]
     roots = ['mimbench.results'] + [_defining_module(ATTACKS[a].fn) for a in names if isinstance(a, str)]
-    return code_version(module_closure([r for r in roots if r]))
+    # nbdev's index (_modidx, read by _defining_module) is rewritten by every nbdev_export; it computes nothing, so a
+    # record must not go stale when it changes
+    return code_version([m for m in module_closure([r for r in roots if r]) if m != 'mimbench._modidx'])
 
 def git_state(path=None) -> dict:
     "The git commit of the tree holding `path` (default: the package) and whether it has uncommitted changes."
