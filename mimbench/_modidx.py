@@ -929,5 +929,4 @@ d = { 'settings': { 'branch': 'main',
                                   'mimbench.widgets.prob_html': ('widgets.html#prob_html', 'mimbench/widgets.py'),
                                   'mimbench.widgets.quick_sweep': ('widgets.html#quick_sweep', 'mimbench/widgets.py'),
                                   'mimbench.widgets.resolve_model': ('widgets.html#resolve_model', 'mimbench/widgets.py'),
-                                  'mimbench.widgets.spectrum': ('widgets.html#spectrum', 'mimbench/widgets.py'),
                                   'mimbench.widgets.to_png': ('widgets.html#to_png', 'mimbench/widgets.py')}}}

@@ -14,9 +14,12 @@ from .core import Registry, format_eps, parse_eps, check_norm
 from .results import SCALES, PROTOCOLS, mcnemar, wilson_interval, unpack_flags
 
 # %% auto #0
-__all__ = ['GRIDS', 'NATIVE', 'Arm', 'Evaluation', 'Comparison', 'PaperSetting', 'Grid', 'paper_table', 'native_geometry',
-           'Resolved', 'resolve_scale', 'Planned', 'plan', 'resolve_eps', 'metric_name', 'check_attack', 'check_data',
-           'dry_run', 'compare_records', 'verdict', 'plan_summary', 'cli_reproduce']
+__all__ = ['GRIDS', 'NATIVE', 'EVALUATION_KINDS', 'EVALUATORS', 'Arm', 'Evaluation', 'Comparison', 'PaperSetting', 'Grid',
+           'ttfp_adaptive', 'paper_table', 'native_geometry', 'Resolved', 'resolve_scale', 'Planned', 'plan',
+           'resolve_eps', 'metric_name', 'check_attack', 'check_data', 'check_evaluation', 'dry_run', 'compare_records',
+           'verdict', 'evaluation_protocol', 'results_folder', 'eval_attack', 'eval_shift', 'eval_probe', 'GridJob',
+           'grid_jobs', 'arm_model', 'ttfp_model', 'records_of', 'comparison_rows', 'report_markdown',
+           'plot_comparisons', 'Reproduction', 'reproduce', 'plan_summary', 'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ class Evaluation:
     arms: tuple|None = None                    # None: every arm
     corruptions: str|None = None               # 'all': also mean corruption accuracy (mCA) and relative drop
     note: str = ''
+    kind: str = ''                             # '': from the contents ('attack' or 'shift'); 'probe': linear probe
+
+    @property
+    def what(self) -> str:
+        "How the evaluation runs: 'attack' (the harness), 'shift' (clean + corruptions) or 'probe' (linear probe)."
+        return self.kind or ('attack' if self.attacks else 'shift' if self.corruptions else 'none')
 
 @dataclass(frozen=True)
 class Comparison:
@@ -118,7 +127,8 @@ _register(Grid('huang', "Huang et al. — MAE's adversarial weakness, adversaria
         Evaluation('cw-l2', (('cw-l2', {'steps': 100}),), ('huang:0.001', 'huang:0.005'), 'l2',
                    note="C&W's budget is not in the supplement; bounded like PGD (ε·√(C·H·W))."),
         Evaluation('aa-l2', ('autoattack',), (0.2, 0.3), 'l2'),
-        Evaluation('ttfp-adaptive', (('apgd-ce', {'steps': 100}),), ('8/255',), 'linf', arms=('mae', 'mae+ttfp'),
+        Evaluation('ttfp-adaptive', (('apgd-ce', {'steps': 100}), ('ttfp-adaptive', {'mode': 'soft', 'steps': 100}),
+                                     ('ttfp-adaptive', {'mode': 'prompts', 'steps': 100})), ('8/255',), 'linf', arms=('mae', 'mae+ttfp'),
                    note='TTFP attacked plainly, with soft prompt selection (selection_tau) and with each of the K prompts fixed.'),
     ),
     comparisons=(
@@ -300,7 +310,7 @@ _register(Grid('adpe', 'AdPE — adversarial positional embeddings vs MAE, MAE+ 
     ),
     evaluations=(
         Evaluation('autoattack', _AA, ('4/255',), note='not in the paper: the clean-ft protocol of the leaderboard'),
-        Evaluation('linear-probe', (), (), note='logistic regression on frozen avg-pooled features (adpe.linear_probe); '
+        Evaluation('linear-probe', (), (), kind='probe', note='logistic regression on frozen avg-pooled features (attention.linear_probe); '
                    'mean attention distance per block with its spread over seeds (attention.mean_attention_distance)'),
     ),
     comparisons=(
@@ -323,6 +333,29 @@ _register(Grid('adpe', 'AdPE — adversarial positional embeddings vs MAE, MAE+ 
     notes="ViT-B, 8-layer decoder (the 'base' preset), 400-epoch ablation schedule of Tables A.1–A.3: PT batch 4096, "
           "lr 2.4e-3, 40 warmup; FT lr 4e-3, batch 1024, layer decay 0.75, 100 epochs, 5 warmup, drop path 0.1. "
           "RandAug/mixup/cutmix are not in mimbench's augmentations."))
+
+# %% ../nbs/18_reproduce.ipynb #c547b156
+from torch import nn
+from .attacks import ATTACKS, AttackSpec, correct_every_pass
+
+def ttfp_adaptive(model, x, y, eps, norm:str='linf', mode:str='soft', attack:str='apgd-ce', tau:float=0.05, **kw):
+    "Adaptive `attack` on a TTFP model: 'soft' prompt selection, or 'prompts' (each prompt fixed in turn); else `x` unchanged."
+    from mimbench.ttfp import TTFP, _with
+    if mode not in ('soft', 'prompts'): raise ValueError(f"ttfp-adaptive mode must be 'soft' or 'prompts', got {mode!r}.")
+    if not isinstance(model, TTFP): return x.clone()
+    if mode == 'soft':
+        with _with(model, selection_tau=tau, clip_bpda=True, attack_prompt=None): return ATTACKS[attack](model, x, y, eps, norm, **kw)
+    best, alive = x.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for k in range(model.k):                                   # per image: the first prompt whose attack fools TTFP
+        idx = alive.nonzero().flatten()
+        if not len(idx): break
+        with _with(model, selection_tau=None, clip_bpda=True, attack_prompt=k):
+            xa = ATTACKS[attack](model, x[idx], y[idx], eps, norm, **kw)
+        best[idx] = xa
+        alive[idx[~correct_every_pass(model, xa, y[idx])]] = False
+    return best
+
+ATTACKS['ttfp-adaptive'] = AttackSpec(ttfp_adaptive, name='ttfp-adaptive')
 
 # %% ../nbs/18_reproduce.ipynb #c7873bc1
 def paper_table(paper:str) -> str:
@@ -505,6 +538,21 @@ def check_data(dataset:str, root, channels:int, img_size:int, split:str='test') 
     return [], (x, y)
 
 # %% ../nbs/18_reproduce.ipynb #5c691645
+EVALUATION_KINDS = ('attack', 'shift', 'probe')
+
+def check_evaluation(grid:Grid, ev:Evaluation, planned:list) -> list:
+    "Problems that would stop evaluation `ev` of `grid` from running: no implementation, or arms it cannot apply to."
+    if ev.what not in EVALUATION_KINDS:
+        return [f"evaluation {ev.name}: kind {ev.what!r} has no implementation in reproduce (it runs {', '.join(EVALUATION_KINDS)})"]
+    if ev.what != 'probe': return []
+    import inspect, mimbench.attention as att
+    probe = getattr(att, 'linear_probe', None)
+    out = [] if probe is not None and 'per_sample' in inspect.signature(probe).parameters else [
+        f"evaluation {ev.name}: needs attention.linear_probe(per_sample=True) (per-sample flags for a record), not found"]
+    return out + [f"evaluation {ev.name}: arm {p.arm.name} has no pretraining to probe" for p in planned
+                  if p.pretrain is None and (ev.arms is None or p.arm.name in ev.arms)]
+
+# %% ../nbs/18_reproduce.ipynb #d70f2d2e
 def _build_defense(kind:str, args:dict, classifier, channels:int, img_size:int):
     "The defence of an arm around `classifier` (`args['denoiser']`: the pretrained model itself, not its run directory)."
     from mimbench.defenses import De3, MAEDemasking
@@ -512,7 +560,7 @@ def _build_defense(kind:str, args:dict, classifier, channels:int, img_size:int):
     if kind == 'de3': return De3(den, classifier, sigma=args.get('sigma', 70.))
     if kind == 'demask': return MAEDemasking(den, classifier, mask_ratio=args.get('mask_ratio', 0.75))
     if kind == 'ttfp':
-        from mimbench.frequency import TTFP, pre_logits
+        from mimbench.ttfp import TTFP, pre_logits
         with torch.no_grad(): d = pre_logits(classifier)(torch.zeros(1, channels, img_size, img_size)).flatten(1).shape[1]
         protos = torch.randn(args.get('k', 10), d, generator=torch.Generator().manual_seed(0))   # stand-in prototypes
         return TTFP(classifier, protos, img_size, channels, args.get('band'), args.get('prompt_rms', 16 / 255))
@@ -605,6 +653,7 @@ def dry_run(paper:str, scale:str='micro', dataset:str|None=None, root=None, chan
     log(f"  {n_models} pretraining and {n_clfs} classifier architectures built and run ({time.time() - t0:.1f}s)")
     stand_in = create_vit('micro', d['img_size'], r.model['patch_size'], d['channels'], 10).eval()
     for ev in g.evaluations:
+        problems += check_evaluation(g, ev, planned)
         for name in ev.arms or ():
             try: g.arm(name)
             except KeyError as e: problems.append(f"evaluation {ev.name}: {e.args[0]}")
@@ -657,6 +706,335 @@ def verdict(records_a:list, records_b:list, metric:str, metric_b:str|None=None, 
     return compare_records(records_a, records_b, metric, metric_b, alpha)['verdict']
 
 # %% ../nbs/18_reproduce.ipynb #1477ea15
+from .results import Protocol, ResultRecord, load_records, make_record, describe_run, sample_digest, evaluate_protocol
+
+def evaluation_protocol(grid:Grid, ev:Evaluation, r:Resolved, shape, n_test:int) -> Protocol:
+    "The results `Protocol` of one evaluation of `grid` at the resolved scale: ε in pixels for images of `shape`, its n."
+    corr = PROTOCOLS['clean-ft'].corruptions if ev.corruptions == 'all' else ev.corruptions   # names: a stable hash
+    return Protocol(f"{grid.paper}.{ev.name}", ev.note or ev.name, finetune=dict(r.finetune),
+                    attacks=tuple(a if isinstance(a, str) else (a[0], dict(a[1])) for a in ev.attacks),
+                    eps=tuple(resolve_eps(e, ev.norm, shape) for e in ev.eps), norm=ev.norm,
+                    n=min(ev.n or r.n or n_test, n_test), passes=(ev.passes,), corruptions=corr)
+
+def results_folder(results, paper:str, scale:str, dataset:str) -> Path:
+    "Where `reproduce` writes a grid's records and report: `results/reproduce/<paper>/<scale>-<dataset>`."
+    return Path(results) / 'reproduce' / paper / f"{scale}-{dataset.replace(':', '_').replace('/', '_')}"
+
+# %% ../nbs/18_reproduce.ipynb #7599b0e2
+def _clean_flags(model, ds, n:int, passes:int|None, batch_size:int=500) -> np.ndarray:
+    "Per-sample clean flags of the first `n` images (correct on every pass)."
+    from mimbench.attacks import default_passes
+    from mimbench.data import load_batch
+    dev, passes, out = next(model.parameters()).device, default_passes(model, passes), []
+    for i in range(0, n, batch_size):
+        x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
+        out.append(correct_every_pass(model.eval(), x.to(dev), torch.as_tensor(y).to(dev), passes).cpu().numpy())
+    return np.concatenate(out)
+
+def _evaluated(model_or_run, evaluated, ds, n:int, split:str, recipe:str) -> dict:
+    "The `evaluated` block of a record: the runs, the data and the digest of its first-n samples."
+    if not isinstance(model_or_run, nn.Module): evaluated = {'runs': [describe_run(model_or_run)], **(evaluated or {})}
+    return {**evaluated, 'dataset': getattr(ds, 'name', ''), 'split': split, 'sample_digest': sample_digest(ds, n), 'recipe': recipe}
+
+def eval_attack(job, model, evaluated, protocol, folder, progress:bool=False) -> list:
+    "The harness under `protocol` (`results.evaluate_protocol`): records with clean and robust per-sample flags."
+    ft = job.planned.finetune
+    return evaluate_protocol(model, protocol, job.arm.name, job.seed, recipe=job.recipe, evaluated=evaluated, root=folder,
+                             dataset=ft.dataset, data_root=ft.data_root, progress=progress)
+
+def eval_shift(job, model, evaluated, protocol, folder, progress:bool=False) -> list:
+    "Clean per-sample flags and the corruption suite's mCA / relative drop (in `extra`) of one model."
+    from mimbench.evaluate import _checkpoint_data, shift_accuracy
+    ft = job.planned.finetune
+    net, ds, _ = _checkpoint_data(model, ft.dataset, protocol.split, ft.data_root, None)
+    n, t0, passes = min(protocol.n, len(ds)), time.time(), protocol.passes[0]
+    flags = _clean_flags(net, ds, n, passes)
+    rep = shift_accuracy(net, ds, protocol.corruptions, protocol.severities, n=n, passes=passes, seed=job.seed, progress=progress)
+    extra = {'mCA': rep.mean_corruption_accuracy, 'relative_drop': rep.relative_drop, 'per_corruption': rep.per_corruption,
+             'skipped': rep.skipped}
+    rec = make_record(job.arm.name, protocol, _evaluated(model, evaluated, ds, n, protocol.split, job.recipe), job.seed,
+                      {'clean': flags}, extra, {'shift': time.time() - t0}, next(net.parameters()).device, kind='shift')
+    rec.save(folder)
+    return [rec]
+
+def eval_probe(job, model, evaluated, protocol, folder, progress:bool=False) -> list:
+    "Linear probe on the frozen pretrained encoder (per-sample test flags) and mean attention distance per block."
+    from mimbench.attention import attention_maps, mean_attention_distance, encoder_features, linear_probe
+    from mimbench.train import load_init, train_data, run_dir
+    from mimbench.pretexts import classifier_from
+    from mimbench.data import get_dataset, load_batch
+    cfg, t0 = job.planned.pretrain, time.time()
+    if cfg is None: raise ValueError(f"{job.arm.name}: a linear probe needs a pretrained encoder; this arm has no pretraining.")
+    vit = classifier_from(load_init(run_dir(cfg)), job.planned.finetune.num_classes, 'avg').eval()
+    test = get_dataset(cfg.dataset, protocol.split, root=cfg.data_root, img_size=cfg.img_size, channels=cfg.channels)
+    n = min(protocol.n, len(test))
+    ftr, ytr = encoder_features(vit, train_data(cfg))
+    fte, yte = encoder_features(vit, test, n)
+    ok = linear_probe(ftr, ytr, fte, yte, per_sample=True)
+    x = load_batch(test, torch.arange(min(n, 256)))[0].to(next(vit.parameters()).device)
+    mad = mean_attention_distance(attention_maps(vit, x), cfg.patch_size)           # blocks × heads, pixels
+    extra = {'mean_attention_distance': mad.mean(1).tolist(), 'mean_attention_distance_heads': mad.tolist()}
+    rec = make_record(job.arm.name, protocol, _evaluated(str(run_dir(cfg)), None, test, n, protocol.split, cfg.recipe), job.seed,
+                      {'linear-probe': np.asarray(torch.as_tensor(ok).cpu(), dtype=bool)}, extra, {'probe': time.time() - t0},
+                      next(vit.parameters()).device, kind='probe')
+    rec.save(folder)
+    return [rec]
+
+EVALUATORS = {'attack': eval_attack, 'shift': eval_shift, 'probe': eval_probe}
+
+# %% ../nbs/18_reproduce.ipynb #3f3f1e15
+@dataclass
+class GridJob:
+    "One arm of a grid at one seed: its planned runs and the evaluations that apply to it."
+    planned: Planned
+    seed: int
+    evaluations: list
+    @property
+    def arm(self) -> Arm: return self.planned.arm
+    @property
+    def recipe(self) -> str: return self.arm.pretext or 'scratch'
+
+    def target(self, ev:Evaluation) -> str:
+        "The run directory a record of `ev` names: the pretraining run for a probe, else the fine-tuned one."
+        from mimbench.train import run_dir
+        return run_dir(self.planned.pretrain if ev.what == 'probe' else self.planned.finetune).name
+
+def grid_jobs(paper:str, scale:str='micro', dataset=None, root=None, channels=None, out='runs', seeds:int|None=None) -> list:
+    "The `GridJob`s of a grid: seed 0 for every arm first, then the extra seeds of the non-ablation arms."
+    g, r = GRIDS[paper], resolve_scale(paper, scale, dataset, root, channels)
+    jobs = []
+    for s in range(seeds or r.seeds):
+        for pl in plan(paper, scale, dataset, root, channels, out, s):
+            if s and pl.arm.role == 'ablation': continue
+            jobs.append(GridJob(pl, s, [e for e in g.evaluations if e.arms is None or pl.arm.name in e.arms]))
+    return jobs
+
+def arm_model(job:GridJob):
+    "(what to evaluate, `evaluated` description or None): the fine-tuned run directory, or the arm's defence around it."
+    from mimbench.train import run_dir
+    from mimbench.defenses import build_defense
+    a, ft_dir = job.arm, str(run_dir(job.planned.finetune))
+    if a.defense is None: return ft_dir, None
+    args = dict(job.planned.defense_args)
+    if a.defense in ('de3', 'demask'):
+        den = args.pop('denoiser')
+        model = build_defense(a.defense, den, ft_dir, sigma=args.get('sigma', 70.), mask_ratio=args.get('mask_ratio', 0.75))
+        ft = job.planned.finetune     # the harness reads the input geometry from these (De³/de-masking do not expose it)
+        model.in_chans, model.img_size = ft.channels, ft.img_size
+        model.eval()
+        return model, {'runs': [describe_run(den), describe_run(ft_dir)], 'defense': a.defense, **args}
+    if a.defense == 'ttfp': return ttfp_model(job.planned.finetune, args), {'runs': [describe_run(ft_dir)], 'defense': 'ttfp', **args}
+    raise ValueError(f"unknown defence {a.defense!r}; use 'de3', 'demask' or 'ttfp'")
+
+def ttfp_model(cfg, args:dict):
+    "TTFP around the fine-tuned run of `cfg`: prototypes of its training images, prompts trained once and cached (`ttfp.ttfp_dir`)."
+    from mimbench.ttfp import build_ttfp, train_prompts, save_ttfp, load_ttfp, ttfp_dir
+    from mimbench.train import load_init, train_data, run_dir
+    clf = load_init(run_dir(cfg)).eval()
+    settings = dict(classifier=str(run_dir(cfg)), **args, dataset=cfg.dataset, seed=cfg.seed)
+    path = ttfp_dir(settings, Path(cfg.out) / 'ttfp') / 'model.safetensors'
+    if not path.exists():
+        ds = train_data(cfg)
+        t = build_ttfp(clf, ds, args.get('k', 10), args.get('band'), args.get('prompt_rms', 16 / 255), n=5000, seed=cfg.seed)
+        train_prompts(t, ds, epochs=args.get('prompt_epochs', 1), seed=cfg.seed, progress=False)
+        save_ttfp(path, t, settings=settings)
+    return load_ttfp(path, clf)
+
+# %% ../nbs/18_reproduce.ipynb #a20ccd9c
+def records_of(records:list, paper:str, evaluation:str, arm:str) -> list:
+    "The records of `arm` under the grid evaluation `evaluation` (all seeds)."
+    return [r for r in records if r.protocol['name'] == f"{paper}.{evaluation}" and r.method == arm]
+
+def comparison_rows(paper:str, records:list, shape) -> list:
+    "Per headline comparison: the claim, the paper's numbers, ours (`compare_records`) and the verdict, from `records`."
+    g, rows = GRIDS[paper], []
+    for c in g.comparisons:
+        ev_a, ev_b = c.evaluation, c.b_evaluation or c.evaluation
+        if ev_a is None:                      # clean accuracy: the first evaluation holding clean flags for both arms
+            ev_a = ev_b = next((e.name for e in g.evaluations if all(
+                any('clean' in r.flags for r in records_of(records, paper, e.name, arm)) for arm in (c.a, c.b))), None)
+        ra = records_of(records, paper, ev_a, c.a) if ev_a else []
+        rb = records_of(records, paper, ev_b, c.b) if ev_b else []
+        m_a, m_b = metric_name(g, c, shape, 'a'), metric_name(g, c, shape, 'b')
+        res = compare_records(ra, rb, m_a, m_b) if ra and rb else {
+            'verdict': 'inconclusive', 'test': None, 'reason': 'no records yet' if ev_a else 'no evaluation with clean flags for both arms'}
+        for side, rs, m in (('a', ra, m_a), ('b', rb, m_b)):      # metrics without flags (mCA): the records' mean
+            if f'acc_{side}' not in res and rs and all(m in r.extra or m in r.metrics for r in rs):
+                res[f'acc_{side}'] = float(np.mean([r.metrics.get(m, r.extra.get(m)) for r in rs]))
+        rows.append({'comparison': c, 'evaluation': ev_a, 'evaluation_b': ev_b, 'metric': m_a, 'metric_b': m_b, **res})
+    return rows
+
+# %% ../nbs/18_reproduce.ipynb #04d7328c
+def _pct(v) -> str: return '–' if v is None else f"{100 * v:.1f}"
+def _paper(v) -> str: return '–' if v is None else f"{v:g}"
+
+def _test_text(row:dict) -> str:
+    if row.get('test') == 'mcnemar': return f"McNemar p = {row['p']:.2g} ({row['only_a']} vs {row['only_b']} discordant)"
+    if row.get('test') == 'wilson-intervals': return 'Wilson 95 % intervals (unpaired)'
+    return row.get('reason', '')
+
+def _cell(recs:list, metric:str) -> str:
+    "mean over seeds (%) [pooled Wilson interval], or the mean of a metric kept in `extra`."
+    have = [r for r in recs if metric in r.metrics]
+    if have:
+        f = np.concatenate([unpack_flags(r.flags[metric]) for r in have if metric in r.flags] or [np.zeros(0, bool)])
+        s = _pct(np.mean([r.metrics[metric] for r in have]))
+        return s + (f" [{_pct(wilson_interval(int(f.sum()), len(f))[0])}, {_pct(wilson_interval(int(f.sum()), len(f))[1])}]" if len(f) else '')
+    vals = [r.extra[metric] for r in recs if r.extra.get(metric) is not None]
+    return _pct(np.mean(vals)) if vals else '–'
+
+def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='') -> str:
+    "The reproduction report of `paper` from its records and comparison rows."
+    g = GRIDS[paper]
+    prov = records[0].provenance if records else {}
+    lines = [f"# Reproducing {g.title}", '',
+             f"Scale **{r.scale}**: {r.data['dataset']} {r.data['channels']}×{r.data['img_size']}², {r.model['preset']} / patch "
+             f"{r.model['patch_size']}, pretraining {r.pretrain.get('epochs')} epochs, fine-tuning {r.finetune.get('epochs')} epochs, "
+             f"n = {r.n or 'the whole test split'}, {r.seeds} seed(s) for the baseline, controls and headline arms. "
+             f"{len(records)} records; code {prov.get('code_digest')}, commit {str(prov.get('commit'))[:10]}"
+             f"{' (dirty)' if prov.get('dirty') else ''}, {prov.get('device')}.", '']
+    if status: lines += [f"> **{status}**", '']
+    lines += ['## Headline comparisons', '',
+              "Paper: the paper's numbers (%, its own dataset and model — see the source). Ours: mean over seeds, [95 % Wilson "
+              "interval of the pooled per-sample flags]. Verdict on \"a beats b\" from the flags: McNemar's exact test when "
+              "both arms were evaluated on the same samples and seeds, else the intervals (`verdict`).", '',
+              '| claim | a | b | evaluation · metric | paper a | paper b | ours a | ours b | test | verdict |',
+              '|---|---|---|---|---:|---:|---:|---:|---|---|']
+    for row in rows:
+        c = row['comparison']
+        pb = _paper(c.paper_b) if c.paper_delta is None else f"a − {c.paper_delta:g}"
+        ev = f"{row['evaluation'] or '–'}" + (f" vs {row['evaluation_b']}" if row['evaluation_b'] != row['evaluation'] else '')
+        ours = lambda s: _pct(row.get(f'acc_{s}')) + (f" [{_pct(row[f'interval_{s}'][0])}, {_pct(row[f'interval_{s}'][1])}]"
+                                                      if f'interval_{s}' in row else '')
+        lines.append(f"| {c.claim} | {c.a} | {c.b} | {ev} · {row['metric']} | {_paper(c.paper_a)} | {pb} | {ours('a')} | "
+                     f"{ours('b')} | {_test_text(row)} | **{row['verdict']}** |")
+    lines += ['', 'Sources: ' + '; '.join(f"{c.claim}: {c.source}" for c in g.comparisons if c.source), '', '## Records', '']
+    for ev in g.evaluations:
+        recs = [x for x in records if x.protocol['name'] == f"{paper}.{ev.name}"]
+        if not recs: lines += [f"### {ev.name}", '', 'no records yet', '']; continue
+        metrics = list(dict.fromkeys(m for x in recs for m in x.metrics)) + [m for m in ('mCA', 'relative_drop') if any(m in x.extra for x in recs)]
+        lines += [f"### {ev.name}", '', (ev.note.rstrip('.') + '. ' if ev.note else '') + f"n = {recs[0].n}, protocol hash {recs[0].protocol['hash']}.", '',
+                  '| arm | seeds | ' + ' | '.join(f"{m} (%)" for m in metrics) + ' |', '|---|---:|' + '---:|' * len(metrics)]
+        for arm in dict.fromkeys(x.method for x in recs):
+            ar = [x for x in recs if x.method == arm]
+            lines.append(f"| {arm} | {len(ar)} | " + ' | '.join(_cell(ar, m) for m in metrics) + ' |')
+        mads = [(x.method, x.extra['mean_attention_distance']) for x in recs if 'mean_attention_distance' in x.extra]
+        if mads:
+            lines += ['', 'Mean attention distance per block (pixels), mean ± sd over seeds:', '']
+            for arm in dict.fromkeys(m for m, _ in mads):
+                v = np.array([d for m, d in mads if m == arm])
+                lines.append(f"- {arm}: " + ', '.join(f"{a:.2f}" + (f" ± {s:.2f}" if len(v) > 1 else '')
+                                                      for a, s in zip(v.mean(0), v.std(0, ddof=1) if len(v) > 1 else v[0])))
+        lines.append('')
+    return '\n'.join(lines + ['## Notes', '', g.notes, ''])
+
+def plot_comparisons(rows:list, path=None):
+    "Each comparison's arms a (●) and b (■) with 95 % intervals; the paper's numbers as open markers."
+    import matplotlib; import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    for i, row in enumerate(rows[::-1]):
+        c = row['comparison']
+        for s, mk, dy in (('a', 'o', .12), ('b', 's', -.12)):
+            v, iv = row.get(f'acc_{s}'), row.get(f'interval_{s}')
+            if v is not None:
+                err = None if iv is None else [[100 * (v - iv[0])], [100 * (iv[1] - v)]]
+                ax.errorbar(100 * v, i + dy, xerr=err, fmt=mk, color='C0' if s == 'a' else 'C1', capsize=2, ms=5)
+            p = getattr(c, f'paper_{s}')
+            if p is not None: ax.plot(p, i + dy, mk, mfc='none', color='C0' if s == 'a' else 'C1', ms=7)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r['comparison'].claim[:60]} — {r['verdict']}" for r in rows[::-1]], fontsize=7)
+    ax.set_xlabel('accuracy (%) — filled: ours, open: paper; ● a, ■ b'); ax.set_xlim(-2, 102); ax.grid(alpha=.3, axis='x')
+    if path is not None: fig.savefig(path, dpi=120, bbox_inches='tight')
+    return fig
+
+# %% ../nbs/18_reproduce.ipynb #bafd30fa
+@dataclass
+class Reproduction:
+    "What `reproduce` did: the records and verdict rows, the report and figure it wrote, what it trained and evaluated."
+    paper: str
+    scale: str
+    folder: Path
+    records: list
+    rows: list
+    report: Path
+    figure: Path
+    trained: list            # run directories trained (not taken from the cache) by this call
+    evaluated: list          # keys of the records made by this call
+    complete: bool
+    seconds: dict
+
+    @property
+    def verdicts(self) -> dict: return {r['comparison'].claim: r['verdict'] for r in self.rows}
+    def _repr_markdown_(self): return self.report.read_text()
+
+def _eta(seconds:dict, left:dict) -> str:
+    "Time left from the mean time of each stage so far and the number of each stage left."
+    known = sum(n * float(np.mean(seconds[k])) for k, n in left.items() if n and seconds.get(k))
+    unknown = [k for k, n in left.items() if n and not seconds.get(k)]
+    return f"time left ≈ {known / 60:.1f} min" + (f" + not yet timed: {', '.join(unknown)}" if unknown else '')
+
+def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
+              results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print) -> Reproduction:
+    "Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report."
+    from mimbench.train import train, run_dir
+    from mimbench.data import get_dataset
+    t_start = time.time()
+    problems = dry_run(paper, scale, dataset, root, channels)
+    if problems: raise ValueError(f"{paper} @ {scale} cannot run ({len(problems)} problem(s)):\n" + '\n'.join(f"  - {p}" for p in problems))
+    g, r = GRIDS[paper], resolve_scale(paper, scale, dataset, root, channels)
+    folder = results_folder(results, paper, scale, r.data['dataset'])
+    test = get_dataset(r.data['dataset'], 'test', root=r.data['data_root'], img_size=r.data['img_size'], channels=r.data['channels'])
+    shape = (r.data['channels'], r.data['img_size'], r.data['img_size'])
+    protocols = {e.name: evaluation_protocol(g, e, r, shape, len(test)) for e in g.evaluations}
+    jobs = grid_jobs(paper, scale, dataset, root, channels, out, seeds)
+    found = {}                                           # (evaluation, arm, seed, run dir) → current records
+    for rec in load_records(folder):
+        ev = rec.protocol['name'].split('.', 1)[-1]
+        if ev in protocols and rec.protocol['hash'] == protocols[ev].settings_hash() and not rec.is_stale():
+            for run in rec.evaluated.get('runs', []): found.setdefault((ev, rec.method, rec.seed, run.get('dir')), []).append(rec)
+    todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in jobs]
+    todo = [(j, evs) for j, evs in todo if evs]
+    pending = lambda stage: {str(run_dir(c)) for j, _ in todo for c in [getattr(j.planned, stage)]
+                             if c is not None and not (run_dir(c) / 'result.json').exists()}
+    left = {'pretrain': len(pending('pretrain')), 'finetune': len(pending('finetune')),
+            **{f"evaluate {e.name}": sum(e in evs for _, evs in todo) for e in g.evaluations}}
+    log(f"{paper} @ {scale}: {len(jobs)} arm×seed jobs, {len(todo)} with evaluations to run; "
+        f"{left['pretrain']} pretraining and {left['finetune']} fine-tuning runs to train; records in {folder}")
+    seconds, trained, made, complete = {}, [], [], True
+    over = lambda: max_minutes is not None and time.time() - t_start > 60 * max_minutes
+    for i, (job, evs) in enumerate(todo):
+        for stage, cfg in (('pretrain', job.planned.pretrain), ('finetune', job.planned.finetune)):
+            if cfg is None or (run_dir(cfg) / 'result.json').exists(): continue
+            if over(): complete = False; break
+            log(f"[{i + 1}/{len(todo)}] {stage} {job.arm.name} seed {job.seed} — {_eta(seconds, left)}")
+            t0 = time.time(); train(replace(cfg, progress=progress)); trained.append(str(run_dir(cfg)))
+            seconds.setdefault(stage, []).append(time.time() - t0); left[stage] -= 1
+        if not complete: break
+        model, evaluated = arm_model(job)
+        for ev in evs:
+            if over(): complete = False; break
+            log(f"[{i + 1}/{len(todo)}] evaluate {ev.name} · {job.arm.name} seed {job.seed} — {_eta(seconds, left)}")
+            t0 = time.time()
+            for rec in EVALUATORS[ev.what](job, model, evaluated, protocols[ev.name], folder, progress):
+                found.setdefault((ev.name, rec.method, rec.seed, job.target(ev)), []).append(rec); made.append(rec.key)
+            seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); left[f"evaluate {ev.name}"] -= 1
+        if not complete: break
+    if not complete: log(f"stopped: --max-minutes {max_minutes:g} reached; the same command goes on from here")
+    keep = {(e.name, j.arm.name, j.seed, j.target(e)) for j in jobs for e in j.evaluations}
+    records = list({id(x): x for k, v in found.items() if k in keep for x in v}.values())
+    rows = comparison_rows(paper, records, shape)
+    status = '' if complete else f"Incomplete: stopped after {max_minutes:g} minutes; run the same command again to go on."
+    folder.mkdir(parents=True, exist_ok=True)
+    from mimbench.core import atomic_write
+    report = atomic_write(folder / 'report.md', lambda p: p.write_text(report_markdown(paper, records, rows, r, status)))
+    import matplotlib.pyplot as plt
+    figure = folder / 'comparisons.png'
+    plt.close(plot_comparisons(rows, figure))
+    secs = {k: [round(s, 1) for s in v] for k, v in seconds.items()} | {'wall': round(time.time() - t_start, 1)}
+    log(f"{paper} @ {scale}: {len(made)} records made, {len(trained)} runs trained in {secs['wall']:.0f}s; report {report}")
+    return Reproduction(paper, scale, folder, records, rows, Path(report), figure, trained, made, complete, secs)
+
+# %% ../nbs/18_reproduce.ipynb #724705a7
 def plan_summary(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None) -> str:
     "One line per arm: pretraining and fine-tuning runs, defence, role; then the evaluations and the comparisons."
     from mimbench.train import run_dir
@@ -679,15 +1057,20 @@ def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 o
                   dataset:str=None,           # dataset name (paper default: cifar10), e.g. cifar10, imagefolder:<path>
                   root:str=None,              # local folder of the dataset (CIFAR-10 python batches, ImageFolder tree)
                   channels:int=None,          # override the image channels (default: from the dataset)
+                  out:str='runs',             # the run folder (the run cache)
+                  results:str='results',      # records and report go to RESULTS/reproduce/PAPER/SCALE-DATASET
+                  seeds:int=None,             # seeds of the baseline, controls and headline arms (default: the scale's)
+                  max_minutes:float=None,     # stop between stages after this long; the same command goes on
+                  no_progress:store_true=False,  # hide progress bars
                   dry_run:store_true=False):  # build and check every configuration of the grid without training
-    "Each paper's experiment grid with its controls: `--dry-run` builds and checks every configuration in seconds."
-    import sys
+    "Each paper's experiment grid with its controls: train, evaluate and report (`--dry-run`: check every configuration)."
     if paper not in GRIDS: raise KeyError(f"Unknown paper {paper!r}; use one of: {', '.join(sorted(GRIDS))}.")
     print(plan_summary(paper, scale, dataset, root, channels))
     if not dry_run:
-        print("\nFull runs of the grid are not implemented yet: nothing was trained or evaluated. "
-              "Use --dry-run to check the grid, or `mimbench leaderboard --run` for the leaderboard's methods.", file=sys.stderr)
-        raise SystemExit(2)
+        res = reproduce(paper, scale, dataset, root, channels, out, results, seeds, max_minutes, progress=not no_progress)
+        print('', *(f"{v:>12}  {k}" for k, v in res.verdicts.items()), f"\nreport: {res.report}", sep='\n')
+        if not res.complete: raise SystemExit(3)
+        return
     t = time.time()
     problems = globals()['dry_run'](paper, scale, dataset, root, channels, log=print)
     if problems:

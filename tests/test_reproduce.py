@@ -4,7 +4,7 @@ import pickle, time
 from dataclasses import replace
 import numpy as np
 import pytest
-from mimbench.reproduce import GRIDS, Evaluation, dry_run, cli_reproduce, plan
+from mimbench.reproduce import GRIDS, Evaluation, dry_run, cli_reproduce, plan, check_evaluation
 
 PAPERS = ['huang', 'mimir', 'rebuffi', 'nim-de3', 'adpe']
 
@@ -82,11 +82,21 @@ def test_cli_dry_run(cifar_root, capsys):
     cli_reproduce('nim-de3', scale='micro', dry_run=True)
     assert 'dry run: no problems' in capsys.readouterr().out
 
-def test_cli_full_run_not_faked(capsys):
-    with pytest.raises(SystemExit) as e: cli_reproduce('mimir', scale='micro')
-    assert e.value.code == 2
-    assert 'not implemented' in capsys.readouterr().err
-
 def test_cli_lists_reproduce():
     from mimbench.cli import find_commands
     assert 'reproduce' in find_commands()
+
+
+def test_evaluation_without_implementation_fails_dry_run(monkeypatch):
+    "An evaluation with nothing to run (no attacks, corruptions or kind) is a dry-run problem, not a silently missing column."
+    g = GRIDS['mimir']
+    monkeypatch.setitem(GRIDS, 'mimir', replace(g, evaluations=(*g.evaluations, Evaluation('typo', (), ()))))
+    problems = dry_run('mimir', 'micro', forward=False)
+    assert any('evaluation typo' in p and 'no implementation' in p for p in problems), problems
+
+def test_probe_needs_per_sample_flags(monkeypatch):
+    "The linear probe makes a record only if attention.linear_probe can give per-sample flags; else the dry run says so."
+    import mimbench.attention as att
+    monkeypatch.setattr(att, 'linear_probe', lambda train_feats, train_y, test_feats, test_y: 0.5, raising=False)
+    ev = GRIDS['adpe'].evaluation('linear-probe')
+    assert any('per_sample' in p for p in check_evaluation(GRIDS['adpe'], ev, []))
