@@ -13,7 +13,7 @@ from torch import nn
 from timm.layers import PatchEmbed
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from .core import Registry, check_images, default_normalize, atomic_write
 
 # %% auto #0
