@@ -4,7 +4,6 @@
 
 # %% ../nbs/09_mi.ipynb #2bd1dcda
 from __future__ import annotations
-import math
 import torch
 
 # %% auto #0
@@ -22,12 +21,14 @@ def pairwise_sq_dists(x):
     sq = (x * x).sum(1, keepdim=True)
     return (sq - 2 * x @ x.T + sq.T).clamp(min=0)
 
+# %% ../nbs/09_mi.ipynb #e3a7a8ac
 def gaussian_gram(x, sigma:float=5., scale_by_dim:bool=True):
     "Gaussian kernel matrix exp(−‖a−b‖² / (2σ²·D)) of the rows of `x` (D = 1 unless `scale_by_dim`)."
     x = _rows(x)
     d = x.shape[1] if scale_by_dim else 1
     return torch.exp(-pairwise_sq_dists(x) / (2 * sigma ** 2 * d))
 
+# %% ../nbs/09_mi.ipynb #b2334292
 def centering(n:int, device=None, dtype=torch.float32):
     "The centring matrix H = I − 11ᵀ/n."
     return torch.eye(n, device=device, dtype=dtype) - torch.full((n, n), 1 / n, device=device, dtype=dtype)
@@ -43,6 +44,7 @@ def hsic(x, y, sigma:float=5., scale_by_dim:bool=True):
     K, L = gaussian_gram(x, sigma, scale_by_dim), gaussian_gram(y, sigma, scale_by_dim)
     return torch.trace(K @ H @ L @ H) / (n - 1) ** 2
 
+# %% ../nbs/09_mi.ipynb #78fb48a9
 def hsic_normalized(x, y, sigma:float=5., eps:float=1e-5, scale_by_dim:bool=True):
     "Normalised (CCA) HSIC as in MIMIR / the HSIC bottleneck: tr(R_K R_L), R_K = KH(KH + εN·I)⁻¹, Gaussian kernels."
     x, y = _rows(x), _rows(y)
@@ -69,6 +71,7 @@ def renyi_entropy(K, alpha:float=1.01):
         lam = torch.linalg.eigvalsh((A + A.T) / 2).clamp(min=0)
         return torch.log2((lam ** alpha).sum()) / (1 - alpha)
 
+# %% ../nbs/09_mi.ipynb #a3bcfa24
 def renyi_joint_entropy(K, L, alpha:float=1.01):
     "Joint matrix-based Rényi entropy from the Hadamard product of two Gram matrices."
     return renyi_entropy(K * L, alpha)

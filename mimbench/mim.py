@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 from .core import Registry, model_state
-import math, re
+import re
 from .models import MAE, create_mae
 
 # %% auto #0
-__all__ = ['PRETEXTS', 'Pretext', 'unwrap', 'MAEPretext', 'reconstruction_panels', 'plot_reconstructions', 'SigmaDistribution',
+__all__ = ['PRETEXTS', 'Pretext', 'unwrap', 'reconstruction_panels', 'MAEPretext', 'plot_reconstructions', 'SigmaDistribution',
            'add_noise', 'unchecked_inputs', 'NIMPretext']
 
 # %% ../nbs/03_mim.ipynb #e3ff3f0b
@@ -29,12 +29,22 @@ class Pretext:
         args = ', '.join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
 
+# %% ../nbs/03_mim.ipynb #6a11e4ae
 def unwrap(model):
     "The module inside a DDP/compile wrapper (or the model itself)."
     while hasattr(model, 'module') and isinstance(model.module, nn.Module): model = model.module
     return getattr(model, '_orig_mod', model)
 
 # %% ../nbs/03_mim.ipynb #48f724de
+def reconstruction_panels(mae:MAE, x, pred, mask):
+    "Original / masked / reconstruction / visible+reconstruction images and per-patch squared error (N×L)."
+    pix_mask = mae.unpatchify(mask.unsqueeze(-1).expand(-1, -1, mae.patch_size ** 2 * mae.in_chans))  # 1 = masked
+    recon = mae.pred_to_pixels(pred, x)
+    patch_err = ((mae.patchify(recon) - mae.patchify(x)) ** 2).mean(-1)
+    return {'original': x, 'masked': x * (1 - pix_mask) + 0.5 * pix_mask, 'reconstruction': recon,
+            'reconstruction_visible': x * (1 - pix_mask) + recon * pix_mask, 'mask': mask, 'patch_error': patch_err}
+
+# %% ../nbs/03_mim.ipynb #d81eda48
 @PRETEXTS.register('mae')
 class MAEPretext(Pretext):
     "Masked autoencoding (He et al. 2022)."
@@ -55,14 +65,6 @@ class MAEPretext(Pretext):
         m = unwrap(model)
         loss, pred, mask = m(x, mask_ratio=self.mask_ratio if mask_ratio is None else mask_ratio, noise=noise)
         return reconstruction_panels(m, x, pred, mask)
-
-def reconstruction_panels(mae:MAE, x, pred, mask):
-    "Original / masked / reconstruction / visible+reconstruction images and per-patch squared error (N×L)."
-    pix_mask = mae.unpatchify(mask.unsqueeze(-1).expand(-1, -1, mae.patch_size ** 2 * mae.in_chans))  # 1 = masked
-    recon = mae.pred_to_pixels(pred, x)
-    patch_err = ((mae.patchify(recon) - mae.patchify(x)) ** 2).mean(-1)
-    return {'original': x, 'masked': x * (1 - pix_mask) + 0.5 * pix_mask, 'reconstruction': recon,
-            'reconstruction_visible': x * (1 - pix_mask) + recon * pix_mask, 'mask': mask, 'patch_error': patch_err}
 
 # %% ../nbs/03_mim.ipynb #cdc90224
 def plot_reconstructions(panels:dict, n:int=6, path=None, title=None):
@@ -117,11 +119,13 @@ class SigmaDistribution:
         return {'fixed': a[0], 'uniform': (a[0] + a[1]) / 2 if len(a) > 1 else 0, 'gamma': a[0] * a[-1]}[self.kind]
     def __repr__(self): return f"SigmaDistribution({self.spec!r})"
 
+# %% ../nbs/03_mim.ipynb #1e17eb27
 def add_noise(x, sigma):
     "x + σ/255·ε with ε ~ N(0, I); `sigma` a number or a per-sample tensor on the 0–255 scale. Not clipped."
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, *[1] * (x.ndim - 1))
     return x + sigma / 255 * torch.randn_like(x)
 
+# %% ../nbs/03_mim.ipynb #af42b821
 def unchecked_inputs(model):
     "Deprecated: `core.model_state(model, check_inputs=False)`; kept until 07_defenses and 13_attention use it."
     return model_state(model, check_inputs=False)
