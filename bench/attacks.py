@@ -90,27 +90,37 @@ def aa_data(n, dev):
     return x.to(dev), y.to(dev)
 
 
-def autoattack_compare(model, x, y, eps, steps=100, n_queries=5000, seed=0, profile=False, dev='cpu'):
-    "APGD-CE and AutoAttack of both libraries on `model`, `x`, `y`: times, robust accuracies, forwards spent (dict)."
+def autoattack_compare(model, x, y, eps, steps=100, n_queries=5000, seed=0, profile=False, dev='cpu', chunks=1):
+    """APGD-CE and AutoAttack of both libraries on `model`, `x`, `y`: times, robust accuracies, forwards spent (dict).
+
+    `chunks` > 1 splits the points into that many chunks and alternates the libraries chunk by chunk (ours, theirs, ours,
+    …), so that a change in the machine's load during the long run falls on both alike; every point is attacked once by
+    each library either way (the attacks treat points independently)."""
     model = model.to(dev).eval()
-    n, res = len(x), {'n': len(x), 'eps': eps, 'steps': steps, 'n_queries': n_queries}
+    n, res = len(x), {'n': len(x), 'eps': eps, 'steps': steps, 'n_queries': n_queries, 'chunks': chunks}
     res['clean_acc'] = (predict(model, x) == y).float().mean().item()
-    acc = lambda xa: (predict(model, xa) == y).float().mean().item()
     runs = {
-        'apgd-ce ours': lambda: apgd_ce(model, x, y, eps, steps=steps, seed=seed),
-        'apgd-ce torchattacks': lambda: torchattacks.APGD(model, eps=eps, steps=steps, loss='ce', n_restarts=1, seed=seed)(x, y),
-        'autoattack ours': lambda: autoattack(model, x, y, eps, version='standard', seed=seed, log=res.setdefault('aa_log', []),
-                                              overrides={'apgd-ce': {'steps': steps}, 'apgd-t': {'steps': steps},
-                                                         'fab-t': {'steps': steps}, 'square': {'n_queries': n_queries}}),
-        'autoattack torchattacks': lambda: torchattacks_autoattack(model, eps, steps, n_queries, seed=seed)(x, y),
+        'apgd-ce ours': lambda x, y: apgd_ce(model, x, y, eps, steps=steps, seed=seed),
+        'apgd-ce torchattacks': lambda x, y: torchattacks.APGD(model, eps=eps, steps=steps, loss='ce', n_restarts=1, seed=seed)(x, y),
+        'autoattack ours': lambda x, y: autoattack(model, x, y, eps, version='standard', seed=seed, log=res.setdefault('aa_log', []),
+                                                   overrides={'apgd-ce': {'steps': steps}, 'apgd-t': {'steps': steps},
+                                                              'fab-t': {'steps': steps}, 'square': {'n_queries': n_queries}}),
+        'autoattack torchattacks': lambda x, y: torchattacks_autoattack(model, eps, steps, n_queries, seed=seed)(x, y),
     }
-    for name, f in runs.items():
-        log = []
-        with count_forwards(model, log) as stage, (_stages(name, stage) if profile else contextlib.nullcontext()):
-            sync(dev); t, c = time.perf_counter(), cpu_time(); xa = f(); sync(dev); t, c = time.perf_counter() - t, cpu_time() - c
+    parts = [(x[c], y[c]) for c in torch.arange(n).chunk(chunks)]
+    logs, times, advs = {k: [] for k in runs}, {k: [0., 0.] for k in runs}, {k: [] for k in runs}
+    for xc, yc in parts:
+        for name, f in runs.items():
+            with count_forwards(model, logs[name]) as stage, (_stages(name, stage) if profile else contextlib.nullcontext()):
+                sync(dev); t, c = time.perf_counter(), cpu_time(); xa = f(xc, yc); sync(dev)
+                times[name][0] += time.perf_counter() - t; times[name][1] += cpu_time() - c
+            advs[name].append(xa)
+    for name in runs:
+        log, (t, c), xa = logs[name], times[name], torch.cat(advs[name])
         stages = list(dict.fromkeys(s for s, _, _ in log))
         # on a shared CPU, the process CPU time (one thread) is the contention-robust measure; on CUDA, wall time
-        res[name] = {'time': c if torch.device(dev).type == 'cpu' else t, 'wall': t, 'cpu': c, 'robust_acc': acc(xa), 'forward_cost': forward_cost(log, n),
+        res[name] = {'time': c if torch.device(dev).type == 'cpu' else t, 'wall': t, 'cpu': c,
+                     'robust_acc': (predict(model, xa) == y).float().mean().item(), 'forward_cost': forward_cost(log, n),
                      'grad_forward_cost': forward_cost(log, n, grad=True),
                      'max_linf': (xa - x).abs().max().item(),
                      'by_stage': {s: {'forward_cost': forward_cost(log, n, s),
@@ -178,6 +188,7 @@ def main():
     ap.add_argument('--no-aa', action='store_true', help='skip the AutoAttack rows')
     ap.add_argument('--no-throughput', action='store_true', help='only the AutoAttack rows')
     ap.add_argument('--profile', action='store_true', help='split the forwards of AutoAttack by attack')
+    ap.add_argument('--aa-chunks', type=int, default=5, help='alternate the libraries over this many chunks of the points')
     ap.add_argument('--save', action='store_true', help='write bench/results/attacks-<device>.json')
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
@@ -202,7 +213,8 @@ def main():
         from mimbench.core import parse_eps
         eps = parse_eps(a.aa_eps)
         x, y = aa_data(a.aa_n, dev)
-        r = autoattack_compare(aa_model(a.aa_model), x, y, eps, a.aa_steps, a.aa_queries, profile=a.profile, dev=dev)
+        r = autoattack_compare(aa_model(a.aa_model), x, y, eps, a.aa_steps, a.aa_queries, profile=a.profile, dev=dev,
+                               chunks=a.aa_chunks)
         print_autoattack(r)
         print(f"load {load_average()}")
         for k, target in (('apgd-ce', 1.0), ('autoattack', 1.2)):

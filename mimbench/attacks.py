@@ -10,15 +10,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import Registry, check_images, check_labels, check_norm, model_state, parse_eps
+from .core import Registry, check_images, check_labels, check_norm, check_passes, model_state, parse_eps
 
 # %% auto #0
-__all__ = ['LOSSES', 'ATTACKS', 'AUTOATTACK_VERSIONS', 'lp_norm', 'project', 'pixel_mask', 'random_init', 'PerturbInfo',
-           'apgd_checkpoints', 'perturb', 'ce_loss', 'margin_loss', 'dlr_loss', 'dlr_targeted_loss', 'classifier_loss',
-           'is_randomized', 'default_eot', 'attack_context', 'fast_model', 'prepare', 'predict', 'check_passes',
-           'default_passes', 'correct_every_pass', 'judge', 'AttackResult', 'fgsm', 'bim', 'pgd', 'pgd_l2', 'mifgsm',
-           'pgd_margin', 'apgd', 'apgd_ce', 'apgd_dlr', 'apgd_t', 'p_selection', 'square_search', 'square', 'fab_t',
-           'huang_l2_eps', 'cw_l2', 'AttackSpec', 'run_attack', 'autoattack']
+__all__ = ['LOSSES', 'ATTACKS', 'AUTOATTACK_VERSIONS', 'lp_norm', 'project', 'pixel_mask', 'random_init', 'PerturbInfo', 'Ball',
+           'Oracle', 'PGDStep', 'apgd_checkpoints', 'APGDStep', 'perturb', 'ce_loss', 'margin_loss', 'dlr_loss',
+           'dlr_targeted_loss', 'classifier_loss', 'is_randomized', 'default_eot', 'attack_context', 'fast_model',
+           'prepare', 'predict', 'default_passes', 'correct_every_pass', 'judge', 'AttackResult', 'fgsm', 'bim', 'pgd',
+           'pgd_l2', 'mifgsm', 'pgd_margin', 'apgd', 'apgd_ce', 'apgd_dlr', 'apgd_t', 'p_selection', 'square_search',
+           'square', 'fab_t', 'huang_l2_eps', 'cw_l2', 'AttackSpec', 'run_attack', 'autoattack']
 
 # %% ../nbs/05_attacks.ipynb #339746b2
 def _bview(v, x):
@@ -57,6 +57,12 @@ def pixel_mask(mask, x):
         raise ValueError(f"mask must be N×L (patches) or N×1×H×W (pixels) for images {tuple(x.shape)}, got {tuple(mask.shape)}.")
     return mask.bool()
 
+def _mask_rows(mask, x, idx):
+    "The pixel mask of the rows `idx` of `x` (a mask shared by the batch stays shared); None stays None."
+    if mask is None: return None
+    m = pixel_mask(mask, x)
+    return m if m.shape[0] == 1 else m[idx]
+
 # %% ../nbs/05_attacks.ipynb #77880e85
 def random_init(x, eps:float, norm:str, kind='uniform', generator=None):
     "A random starting point in the ε-ball: `'uniform'` (PGD: ℓ∞ cube, ℓ2 radius U(0,1)·ε) or `'sphere'` (APGD)."
@@ -83,76 +89,109 @@ class PerturbInfo:
     grad_evals: int = 0                       # forward+backward passes per sample (EOT included)
 
 # %% ../nbs/05_attacks.ipynb #0dd7050f
-def _loss_and_grad(loss_fn, x_adv, eot:int, fast:bool, info:PerturbInfo):
-    "Mean loss, mean input gradient and success (all EOT calls) of `loss_fn` at `x_adv`."
-    grad = loss = success = None
-    amp = fast and x_adv.device.type == 'cuda'
-    for _ in range(eot):
-        xa = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad(), torch.autocast(x_adv.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = loss_fn(xa)
-            l, s = out if isinstance(out, tuple) else (out, None)
-            total = l.float().sum()          # inside enable_grad: works when the caller is under torch.no_grad()
-        if l.shape != (len(x_adv),):
-            raise ValueError(f"loss_fn must return a per-sample loss of shape ({len(x_adv)},), got {tuple(l.shape)}. "
-                             f"Use reduction='none'.")
-        g = torch.autograd.grad(total, xa)[0] if total.requires_grad else torch.zeros_like(xa)
-        bad = ~torch.isfinite(g).flatten(1).all(1)
-        if bad.any():
-            g = torch.nan_to_num(g, nan=0., posinf=0., neginf=0.)
-            info.nonfinite_grad = bad if info.nonfinite_grad is None else info.nonfinite_grad | bad
-        grad = g if grad is None else grad + g
-        l = l.detach().float()
-        loss = l if loss is None else loss + l
-        if s is not None: success = s.detach() if success is None else success & s.detach()
-    info.grad_evals += eot
-    if eot > 1: grad, loss = grad / eot, loss / eot
-    return loss, grad, success
+@dataclass
+class Ball:
+    "The feasible set: the ε-ball of `norm` around `x`, ∩ the [0,1] box, ∩ the pixels that `mask` lets change."
+    x: torch.Tensor
+    eps: float
+    norm: str = 'linf'
+    mask: torch.Tensor|None = None
+    def project(self, xa): return project(xa, self.x, self.eps, self.norm, self.mask)
+    def start(self, kind:str, generator=None): return self.project(random_init(self.x, self.eps, self.norm, kind, generator))
+    def pick(self, rows, a, b): return torch.where(_bview(rows, self.x), a, b)     # per sample: a where `rows`, else b
+    def step(self, xa, size, g): return self.project(xa + size * _direction(g if self.mask is None else g * self.mask, self.norm))
+
+@dataclass
+class Oracle:
+    "The loss to maximise, averaged over `eot` calls (bf16 autocast when `fast` on CUDA); `info` counts its gradients."
+    loss_fn: Callable
+    eot: int = 1
+    fast: bool = False
+    info: PerturbInfo = field(default_factory=PerturbInfo)
+
+    def _autocast(self, x): return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.fast and x.device.type == 'cuda')
+    def _call(self, xa):
+        out = self.loss_fn(xa)
+        l, s = out if isinstance(out, tuple) else (out, None)
+        if l.shape != (len(xa),):
+            raise ValueError(f"loss_fn must return a per-sample loss of shape ({len(xa)},), got {tuple(l.shape)}. Use reduction='none'.")
+        return l, s
+
+    def loss_and_grad(self, x_adv):
+        "Mean loss, mean input gradient (non-finite entries zeroed and flagged) and success of every EOT call at `x_adv`."
+        grad = loss = success = None
+        for _ in range(self.eot):
+            xa = x_adv.detach().requires_grad_(True)
+            with torch.enable_grad(), self._autocast(xa):
+                l, s = self._call(xa)
+                total = l.float().sum()          # inside enable_grad: works when the caller is under torch.no_grad()
+            g = torch.autograd.grad(total, xa)[0] if total.requires_grad else torch.zeros_like(xa)
+            bad = ~torch.isfinite(g).flatten(1).all(1)
+            if bad.any():
+                g = torch.nan_to_num(g, nan=0., posinf=0., neginf=0.)
+                self.info.nonfinite_grad = bad if self.info.nonfinite_grad is None else self.info.nonfinite_grad | bad
+            grad = g if grad is None else grad + g
+            l = l.detach().float()
+            loss = l if loss is None else loss + l
+            if s is not None: success = s.detach() if success is None else success & s.detach()
+        self.info.grad_evals += self.eot
+        if self.eot > 1: grad, loss = grad / self.eot, loss / self.eot
+        return loss, grad, success
+
+    def score(self, x_adv):
+        "Mean loss and success of every EOT call at `x_adv`, without gradients."
+        loss = success = None
+        with torch.no_grad(), self._autocast(x_adv):
+            for _ in range(self.eot):
+                l, s = self._call(x_adv)
+                loss = l.float() if loss is None else loss + l.float()
+                if s is not None: success = s if success is None else success & s
+        return loss / self.eot, success
 
 # %% ../nbs/05_attacks.ipynb #eab6ba23
-def _score(loss_fn, x_adv, eot:int, fast:bool):
-    "Mean loss and success (every EOT call) of `loss_fn` at `x_adv`, without gradients."
-    loss = success = None
-    with torch.no_grad(), torch.autocast(x_adv.device.type, dtype=torch.bfloat16, enabled=fast and x_adv.device.type == 'cuda'):
-        for _ in range(eot):
-            out = loss_fn(x_adv)
-            l, s = out if isinstance(out, tuple) else (out, None)
-            loss = l.float() if loss is None else loss + l.float()
-            if s is not None: success = s if success is None else success & s
-    return loss / eot, success
+@dataclass
+class PGDStep:
+    "Fixed-step PGD (MI-FGSM with `momentum` > 0): α along sign(g) (ℓ∞) or g/‖g‖₂ (ℓ2); keeps the last or the best iterate."
+    steps: int = 10
+    alpha: float = 0.
+    random_start: bool = True
+    momentum: float = 0.
+    select: str = 'last'                      # 'last' or 'best' (highest loss)
+    score_last: bool = False                  # score the last iterate even when nothing needs it (restarts compare losses)
 
-def _pgd_run(loss_fn, x, eps, norm, steps, alpha, random_start, mask, momentum, eot, select, fast, generator, info,
-             score_last=False):
-    "One run of fixed-step PGD (optionally with MI-FGSM momentum); returns (x_adv, loss, success) (loss None if unscored)."
-    x_adv = project(random_init(x, eps, norm, 'uniform', generator), x, eps, norm, mask) if random_start else x
-    g_m = torch.zeros_like(x) if momentum else None
-    best_x = best_loss = succ_x = success = None
-    for i in range(steps):
-        loss, g, s = _loss_and_grad(loss_fn, x_adv, eot, fast, info)
-        if i == 0: info.zero_grad = lp_norm(g, 'linf') == 0
-        if mask is not None: g = g * mask
-        if select == 'best':
-            if best_loss is None: best_x, best_loss = x_adv, loss
-            else:
+    def run(self, f:Oracle, ball:Ball, generator=None):
+        x_adv = ball.start('uniform', generator) if self.random_start else ball.x
+        g_m = torch.zeros_like(ball.x) if self.momentum else None
+        best_x = best_loss = succ_x = success = None
+        for i in range(self.steps):
+            loss, g, s = f.loss_and_grad(x_adv)
+            if i == 0: f.info.zero_grad = lp_norm(g, 'linf') == 0
+            if self.select == 'best':
+                if best_loss is None: best_x, best_loss = x_adv, loss
+                else:
+                    up = loss > best_loss
+                    best_x, best_loss = ball.pick(up, x_adv, best_x), torch.where(up, loss, best_loss)
+            if s is not None:
+                succ_x = x_adv if succ_x is None else ball.pick(s, x_adv, succ_x)
+                success = s if success is None else success | s
+            if self.momentum:
+                gm = g if ball.mask is None else g * ball.mask
+                g_m = self.momentum * g_m + gm / _bview(gm.abs().flatten(1).mean(1) + 1e-12, gm)
+                g = g_m
+            x_adv = ball.step(x_adv, self.alpha, g)
+        return self._finish(f, ball, x_adv, best_x, best_loss, succ_x, success)
+
+    def _finish(self, f, ball, x_adv, best_x, best_loss, succ_x, success):
+        "Score the last iterate where needed; per sample a successful iterate, else the best or the last one."
+        loss = None
+        if self.select == 'best' or success is not None or self.score_last:
+            loss, s = f.score(x_adv)
+            if s is not None: succ_x = ball.pick(s, x_adv, succ_x); success = success | s
+            if self.select == 'best':
                 up = loss > best_loss
-                best_x, best_loss = torch.where(_bview(up, x), x_adv, best_x), torch.where(up, loss, best_loss)
-        if s is not None:
-            succ_x = x_adv if succ_x is None else torch.where(_bview(s, x), x_adv, succ_x)
-            success = s if success is None else success | s
-        if momentum:
-            g_m = momentum * g_m + g / _bview(g.abs().flatten(1).mean(1) + 1e-12, g)
-            g = g_m
-        x_adv = project(x_adv + alpha * _direction(g, norm), x, eps, norm, mask)
-    loss = None
-    if select == 'best' or success is not None or score_last:   # the last iterate has not been scored yet
-        loss, s = _score(loss_fn, x_adv, eot, fast)
-        if s is not None:
-            succ_x = torch.where(_bview(s, x), x_adv, succ_x); success = success | s
-        if select == 'best':
-            up = loss > best_loss
-            x_adv, loss = torch.where(_bview(up, x), x_adv, best_x), torch.where(up, loss, best_loss)
-    if success is not None: x_adv = torch.where(_bview(success, x), succ_x, x_adv)
-    return x_adv, loss, success
+                x_adv, loss = ball.pick(up, x_adv, best_x), torch.where(up, loss, best_loss)
+        if success is not None: x_adv = ball.pick(success, x_adv, succ_x)
+        return x_adv, loss, success
 
 # %% ../nbs/05_attacks.ipynb #868c761c
 def apgd_checkpoints(steps:int) -> list:
@@ -163,42 +202,41 @@ def apgd_checkpoints(steps:int) -> list:
         w += k; out.append(w); k = max(k - dec, kmin)
     return out
 
-def _apgd_run(loss_fn, x, eps, norm, steps, alpha, random_start, mask, eot, rho, fast, generator, info):
-    "One run of APGD (Croce & Hein 2020, Alg. 1); returns (x_adv, best loss, success)."
-    N = len(x)
-    x_adv = project(random_init(x, eps, norm, 'sphere', generator), x, eps, norm, mask) if random_start else x
-    loss, grad, s = _loss_and_grad(loss_fn, x_adv, eot, fast, info)
-    info.zero_grad = lp_norm(grad, 'linf') == 0
-    if mask is not None: grad = grad * mask
-    x_best, grad_best, loss_best = x_adv, grad, loss
-    success, succ_x = s, x_adv
-    step = torch.full((N,), 2. * eps if alpha is None else alpha, device=x.device)
-    x_old, hist = x_adv, [loss]
-    checkpoints, last = set(apgd_checkpoints(steps)), 0
-    reduced_last, loss_best_last = torch.ones(N, dtype=torch.bool, device=x.device), loss_best
-    for i in range(steps):
-        a = 0.75 if i > 0 else 1.0
-        z = project(x_adv + _bview(step, x) * _direction(grad, norm), x, eps, norm, mask)
-        x_new = project(x_adv + (z - x_adv) * a + (x_adv - x_old) * (1 - a), x, eps, norm, mask)
-        x_old, x_adv = x_adv, x_new
-        loss, grad, s = _loss_and_grad(loss_fn, x_adv, eot, fast, info)
-        if mask is not None: grad = grad * mask
-        hist.append(loss)
-        if s is not None:
-            succ_x = torch.where(_bview(s, x), x_adv, succ_x); success = success | s
-        up = loss > loss_best
-        x_best, grad_best = torch.where(_bview(up, x), x_adv, x_best), torch.where(_bview(up, x), grad, grad_best)
-        loss_best = torch.where(up, loss, loss_best)
-        if i + 1 in checkpoints:
-            k = i + 1 - last
-            increases = sum((hist[j + 1] > hist[j]).float() for j in range(last, i + 1))
-            reduce = (increases < rho * k) | (~reduced_last & (loss_best_last >= loss_best))   # conditions 1 and 2
-            reduced_last, loss_best_last, last = reduce, loss_best, i + 1
-            step = torch.where(reduce, step / 2, step)
-            x_adv = torch.where(_bview(reduce, x), x_best, x_adv)
-            grad = torch.where(_bview(reduce, x), grad_best, grad)
-    out = x_best if success is None else torch.where(_bview(success, x), succ_x, x_best)
-    return out, loss_best, success
+@dataclass
+class APGDStep:
+    "APGD: step 2ε (or α), momentum 0.75, step halved at `apgd_checkpoints` where progress stalled; returns the best iterate."
+    steps: int = 100
+    alpha: float|None = None
+    random_start: bool = True
+    rho: float = 0.75
+
+    def run(self, f:Oracle, ball:Ball, generator=None):
+        x, N = ball.x, len(ball.x)
+        x_adv = ball.start('sphere', generator) if self.random_start else x
+        loss, grad, s = f.loss_and_grad(x_adv)
+        f.info.zero_grad = lp_norm(grad, 'linf') == 0
+        x_best, grad_best, loss_best, success, succ_x = x_adv, grad, loss, s, x_adv
+        step = torch.full((N,), 2. * ball.eps if self.alpha is None else self.alpha, device=x.device)
+        x_old, hist = x_adv, [loss]
+        checkpoints, last = set(apgd_checkpoints(self.steps)), 0
+        reduced_last, loss_best_last = torch.ones(N, dtype=torch.bool, device=x.device), loss_best
+        for i in range(self.steps):
+            a = 0.75 if i > 0 else 1.0
+            z = ball.step(x_adv, _bview(step, x), grad)
+            x_old, x_adv = x_adv, ball.project(x_adv + (z - x_adv) * a + (x_adv - x_old) * (1 - a))
+            loss, grad, s = f.loss_and_grad(x_adv)
+            hist.append(loss)
+            if s is not None: succ_x = ball.pick(s, x_adv, succ_x); success = success | s
+            up = loss > loss_best
+            x_best, grad_best, loss_best = ball.pick(up, x_adv, x_best), ball.pick(up, grad, grad_best), torch.where(up, loss, loss_best)
+            if i + 1 in checkpoints:
+                k = i + 1 - last
+                increases = sum((hist[j + 1] > hist[j]).float() for j in range(last, i + 1))
+                reduce = (increases < self.rho * k) | (~reduced_last & (loss_best_last >= loss_best))   # conditions 1 and 2
+                reduced_last, loss_best_last, last = reduce, loss_best, i + 1
+                step = torch.where(reduce, step / 2, step)
+                x_adv, grad = ball.pick(reduce, x_best, x_adv), ball.pick(reduce, grad_best, grad)
+        return (x_best if success is None else ball.pick(success, succ_x, x_best)), loss_best, success
 
 # %% ../nbs/05_attacks.ipynb #59009725
 def perturb(loss_fn:Callable, x:torch.Tensor, eps, norm:str='linf', steps:int=10, alpha:float|None=None,
@@ -218,16 +256,16 @@ def perturb(loss_fn:Callable, x:torch.Tensor, eps, norm:str='linf', steps:int=10
     m = pixel_mask(mask, x) if mask is not None else None
     if m is not None and m.shape[0] == 1 and len(x) > 1: m = m.expand(len(x), *m.shape[1:])
     if alpha is None and step_rule == 'pgd': alpha = 2.5 * eps / steps if random_start else eps / steps
-    def run(xs, ms):
-        if step_rule == 'apgd': return _apgd_run(loss_fn, xs, eps, norm, steps, alpha, random_start, ms, eot, rho, fast, generator, info)
-        return _pgd_run(loss_fn, xs, eps, norm, steps, alpha, random_start, ms, momentum, eot, select, fast, generator, info,
-                        score_last=restarts > 1)
-    x_adv, loss, success = run(x, m)
+    rule = (APGDStep(steps, alpha, random_start, rho) if step_rule == 'apgd' else
+            PGDStep(steps, alpha, random_start, momentum, select, score_last=restarts > 1))
+    oracle, ball = Oracle(loss_fn, eot, fast, info), Ball(x, eps, norm, m)
+    run = lambda: rule.run(oracle, ball, generator)
+    x_adv, loss, success = run()
     zero = info.zero_grad
     for _ in range(restarts - 1):   # later restarts only for samples not yet successful
         todo = (~success if success is not None else torch.ones(len(x), dtype=torch.bool, device=x.device)).nonzero().flatten()
         if not len(todo): break
-        xr, lr, sr = run(x, m)      # loss_fn is bound to the whole batch (its labels): rerun it all, use the rows to do
+        xr, lr, sr = run()          # loss_fn is bound to the whole batch (its labels): rerun it all, use the rows to do
         xr, lr, sr = xr[todo], lr[todo], None if sr is None else sr[todo]
         keep = lr > loss[todo]                      # per sample: a successful restart, else the highest loss
         if sr is not None: keep = keep | sr; success[todo] = sr
@@ -311,12 +349,6 @@ def predict(model, x, batch_size:int|None=None):
     return torch.cat([model(c).argmax(1) for c in x.split(batch_size)])
 
 # %% ../nbs/05_attacks.ipynb #2af53eaa
-def check_passes(passes) -> int:
-    "`passes` as an int ≥ 1: with 0 passes every image would count as correct."
-    if isinstance(passes, bool) or int(passes) != passes or passes < 1:
-        raise ValueError(f"passes must be an integer ≥ 1 (an image counts as correct only if every pass gets it right), got {passes!r}.")
-    return int(passes)
-
 def default_passes(model, passes=None) -> int:
     "`passes` if given, else 5 for randomized models and 1 for deterministic ones."
     if passes is None: return 5 if is_randomized(model) else 1
@@ -424,12 +456,15 @@ def apgd(model, x, y, eps, norm='linf', loss='ce', steps=100, restarts=1, eot=No
     x, y, eps, norm = prepare(model, x, y, eps, norm)
     eot, passes = default_eot(model, eot), default_passes(model, passes)
     with attack_context(model, seed, x.device):
-        if not targeted:
-            xa = perturb(classifier_loss(fast_model(model, fast), y, loss, report_success=True), x, eps, norm, steps=steps, mask=mask,
-                         eot=eot, step_rule='apgd', restarts=restarts, rho=rho, fast=fast)
-            if not return_candidates: return xa
-            cands = _Candidates(model, x, y, passes, keep=True)
-            cands.add(cands.todo(), xa[cands.todo()])
+        if not targeted:       # points a deterministic model already misclassifies are lost: attack only the others
+            cands = _Candidates(model, x, y, passes, keep=return_candidates)
+            idx = cands.todo()
+            if len(idx):
+                xa = perturb(classifier_loss(fast_model(model, fast), y[idx], loss, report_success=True), x[idx], eps, norm,
+                             steps=steps, mask=_mask_rows(mask, x, idx), eot=eot, step_rule='apgd',
+                             restarts=restarts, rho=rho, fast=fast)
+                if not return_candidates: out = x.clone(); out[idx] = xa; return out
+                cands.add(idx, xa)
             return cands.result()
         with torch.no_grad(): order = model(x).float().argsort(1, descending=True)   # (N, classes)
         cands = _Candidates(model, x, y, passes, keep=return_candidates)
@@ -438,7 +473,7 @@ def apgd(model, x, y, eps, norm='linf', loss='ce', steps=100, restarts=1, eot=No
             if not len(idx): break
             t = torch.where(order[idx, k] == y[idx], order[idx, 0], order[idx, k])  # a randomized model's top class may be y's rival
             xa = perturb(classifier_loss(fast_model(model, fast), y[idx], loss, t, report_success=True), x[idx], eps, norm, steps=steps,
-                         mask=None if mask is None else pixel_mask(mask, x)[idx], eot=eot, step_rule='apgd',
+                         mask=_mask_rows(mask, x, idx), eot=eot, step_rule='apgd',
                          restarts=restarts, rho=rho, fast=fast)
             cands.add(idx, xa)
         return cands.result()

@@ -13,16 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from fastcore.script import call_parse, store_true
-from .core import check_images, check_norm, parse_eps, format_eps, seed_everything, write_json, atomic_write, get_device
-from .data import (get_dataset, load_batch, ImageDataset, CORRUPTIONS, SEVERITIES, CorruptedDataset, check_severity,
+from .core import (check_images, check_labels, check_norm, parse_eps, format_eps, seed_everything, write_json, atomic_write,
+                           get_device, model_state)
+from .data import (get_dataset, load_batch, as_dataset, TensorPair, ImageDataset, CORRUPTIONS, SEVERITIES, CorruptedDataset, check_severity,
                            corrupt_dataset, corruption_cache, corruption_names, dataset_fingerprint)
 from .models import load_model, CLASSIFIER_KINDS
-from .attacks import (ATTACKS, AttackSpec, AttackResult, attack_context, check_labels, is_randomized, lp_norm, pgd,
+from .train import accuracy
+from .attacks import (ATTACKS, AttackSpec, AttackResult, attack_context, is_randomized, lp_norm, pgd,
                               check_passes, default_passes, correct_every_pass)
 
 # %% auto #0
 __all__ = ['DEFAULT_ATTACKS', 'quick_classifier', 'JSONReport', 'RobustReport', 'input_gradient_health', 'sanity_warnings',
-           'robust_accuracy', 'ShiftReport', 'shift_accuracy', 'evaluate_checkpoint', 'shift_checkpoint', 'cli_eval']
+           'masking_probe', 'attack_batch', 'tally', 'robust_accuracy', 'ShiftReport', 'shift_accuracy',
+           'evaluate_checkpoint', 'shift_checkpoint', 'cli_eval']
 
 # %% ../nbs/06_evaluate.ipynb #a0ef49e7
 def quick_classifier(n_train:int=8000, epochs:int=2, patch_size:int=8, out=None, seed:int=0, progress=False):
@@ -168,100 +171,108 @@ def _resolve(attacks, attack_kwargs=None):
         resolved.append((label, spec, kw))
     return resolved
 
-def _data(data, n):
-    "A function `batch(i, j)` and the number of samples for a Dataset or an `(x, y)` pair."
+def _check_n(n):
     if n is not None and n < 0: raise ValueError(f"n must be a number of samples ≥ 1 (0 or None: all of them), got {n}.")
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data
-        check_images(x); y = check_labels(y, x)
-        n = min(n or len(x), len(x))
-        return (lambda i, j: (x[i:j], y[i:j])), n, f"tensors {tuple(x.shape[1:])}"
-    if not hasattr(data, '__len__'): raise TypeError(f"data must be a Dataset or an (images, labels) pair, got {type(data).__name__}.")
-    n = min(n or len(data), len(data))
-    return (lambda i, j: load_batch(data, torch.arange(i, j))), n, getattr(data, 'name', type(data).__name__)
+    return n
+
+def masking_probe(model, x, y, ok, passes:int, seed:int=0) -> tuple:
+    "Input-gradient health of `x` and `(survivors, n)` of PGD-20 at ℓ∞ 0.5 on its correctly classified points."
+    grad = input_gradient_health(model, x, y)
+    idx = ok.nonzero().flatten()
+    if not len(idx): return grad, None
+    xl = pgd(model, x[idx], y[idx], 0.5, 'linf', steps=20, seed=seed)
+    return grad, (correct_every_pass(model, xl, y[idx], passes).sum().item(), len(x))
+
+def _run_one(spec, kw, model, x, y, eps, norm, passes, seed):
+    "Which of `x` one attack fools, judged with `passes` (the attack's own verdict when it hands back an `AttackResult`)."
+    takes, akw = spec.settings() or [], dict(kw)
+    if 'seed' in takes: akw.setdefault('seed', seed)
+    if 'return_candidates' in takes: akw.update(passes=passes, return_candidates=True)
+    xa = spec(model, x, y, eps, norm, **akw)
+    return xa.fooled if isinstance(xa, AttackResult) else ~correct_every_pass(model, xa, y, passes)
+
+def attack_batch(model, x, y, ok, eps:float, norm:str, specs:list, passes:int, cascade:bool=False, seed:int=0,
+                 on_attack=None) -> tuple:
+    "Per attack label, which points of the batch it fools at `eps` (only `ok` points are attacked), and its seconds."
+    fooled, seconds, alive = {}, {}, ok.clone()
+    for label, spec, kw in specs:
+        if on_attack: on_attack(label, False)
+        idx, t0 = (alive if cascade else ok).nonzero().flatten(), time.time()
+        f = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        if len(idx): f[idx[_run_one(spec, kw, model, x[idx], y[idx], eps, norm, passes, seed)]] = True
+        fooled[label], seconds[label] = f.cpu(), time.time() - t0
+        alive &= ~f
+        if on_attack: on_attack(label, True)
+    return fooled, seconds
+
+def tally(clean, fooled:dict, cascade:bool=False) -> tuple:
+    "Per-attack accuracy (cumulative when `cascade`), worst-case accuracy and per-sample robust flags at one ε."
+    robust = clean & ~torch.stack(list(fooled.values())).any(0)
+    cum, acc = clean.clone(), {}
+    for label, f in fooled.items():
+        cum &= ~f
+        acc[label] = (cum if cascade else clean & ~f).float().mean().item()
+    return acc, robust.float().mean().item(), robust.int().tolist()
+
+def _model_name(model, name=None) -> str:
+    cfg = getattr(model, 'config', None)
+    return str(name or (f"vit-{cfg['preset']}" if isinstance(cfg, dict) and 'preset' in cfg else type(model).__name__))
+
+def _eps_list(eps, norm) -> list:
+    out = [parse_eps(e, norm) for e in (eps if isinstance(eps, (list, tuple)) else str(eps).split(',') if isinstance(eps, str) else [eps])]
+    if not out: raise ValueError("No ε given; pass e.g. eps='8/255' or eps='4/255,8/255'.")
+    return out
 
 def robust_accuracy(model, data, attacks=DEFAULT_ATTACKS, eps='8/255', norm:str='linf', n:int|None=1000,
                     batch_size:int=250, passes:int|None=None, attack_kwargs:dict|None=None, cascade:bool=False,
                     sanity:bool=True, progress:bool=True, seed:int=0, device=None, model_name:str|None=None) -> RobustReport:
     "Clean, per-attack and per-sample worst-case robust accuracy of `model` on the first `n` samples of `data`."
-    norm = check_norm(norm)
-    eps_list = [parse_eps(e, norm) for e in (eps if isinstance(eps, (list, tuple)) else str(eps).split(',') if isinstance(eps, str) else [eps])]
-    if not eps_list: raise ValueError("No ε given; pass e.g. eps='8/255' or eps='4/255,8/255'.")
+    norm = check_norm(norm); eps_list = _eps_list(eps, norm)
     specs = _resolve(attacks, attack_kwargs)
-    attack_kwargs = attack_kwargs or {}
     if batch_size < 1: raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
-    batch, n, data_name = _data(data, n)
+    ds = as_dataset(data); n = min(_check_n(n) or len(ds), len(ds))
     device = get_device(device) if device is not None else next(model.parameters()).device
     passes = default_passes(model, passes)
-    was_training = model.training
-    if was_training:
-        warnings.warn("The model was in train mode; evaluating in eval mode and restoring train mode afterwards.")
-        model.eval()
+    if model.training: warnings.warn("The model was in train mode; evaluating in eval mode and restoring train mode afterwards.")
     seed_everything(seed)
-    labels = [s[0] for s in specs]
-    cols = [format_eps(e) for e in eps_list]
+    labels, cols = [s[0] for s in specs], [format_eps(e) for e in eps_list]
     clean = torch.zeros(n, dtype=torch.bool)
     fooled = {c: {l: torch.zeros(n, dtype=torch.bool) for l in labels} for c in cols}
     seconds = {c: {l: 0. for l in labels} for c in cols}
-    grad, large = {'n': 0, 'zero': 0, 'nonfinite': 0}, []
+    grad, large = {'n': 0, 'zero': 0, 'nonfinite': 0}, None
     bounds = [(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
     bar = tqdm(total=len(bounds) * len(cols) * len(specs), disable=not progress, desc='robust accuracy', dynamic_ncols=True)
-    try:
-        for i, j in bounds:
-            x, y = batch(i, j)
-            x, y = check_images(x).to(device), check_labels(y, x).to(device)
-            ok = correct_every_pass(model, x, y, passes)
-            clean[i:j] = ok.cpu()
-            if sanity and i == 0:
-                grad = input_gradient_health(model, x[:500], y[:500])
-                idx = ok[:500].nonzero().flatten()
-                if len(idx):
-                    xl = pgd(model, x[idx], y[idx], 0.5, 'linf', steps=20, seed=seed)
-                    large.append((correct_every_pass(model, xl, y[idx], passes).sum().item(), len(x[:500])))
-            for e, c in zip(eps_list, cols):
-                alive = ok.clone()
-                for label, spec, kw in specs:
-                    bar.set_description(f"{label} ε={c} [{i}:{j}]")
-                    idx = (alive if cascade else ok).nonzero().flatten()
-                    t0 = time.time()
-                    if len(idx):
-                        takes, akw = spec.settings() or [], dict(kw)
-                        if 'seed' in takes: akw.setdefault('seed', seed)
-                        if 'return_candidates' in takes: akw.update(passes=passes, return_candidates=True)
-                        xa = spec(model, x[idx], y[idx], e, norm, **akw)
-                        # an AttackResult carries the attack's verdict on all its candidates, judged with our passes
-                        lost = xa.fooled if isinstance(xa, AttackResult) else ~correct_every_pass(model, xa, y[idx], passes)
-                        f = torch.zeros(len(x), dtype=torch.bool, device=device); f[idx[lost]] = True
-                        fooled[c][label][i:j] = f.cpu()
-                        alive &= ~f
-                    seconds[c][label] += time.time() - t0
-                    bar.update(1)
-    finally:
-        bar.close()
-        if was_training: model.train()
-    acc, worst, robust = {}, {}, {}
-    for c in cols:
-        any_f = torch.stack([fooled[c][l] for l in labels]).any(0)
-        r = clean & ~any_f
-        if cascade:   # cumulative: accuracy after this attack and all before it
-            cum = clean.clone(); acc[c] = {}
-            for l in labels: cum &= ~fooled[c][l]; acc[c][l] = cum.float().mean().item()
-        else: acc[c] = {l: (clean & ~fooled[c][l]).float().mean().item() for l in labels}
-        worst[c], robust[c] = r.float().mean().item(), r.int().tolist()
-    cfg = getattr(model, 'config', None)
-    name = model_name or (f"vit-{cfg['preset']}" if isinstance(cfg, dict) and 'preset' in cfg else type(model).__name__)
-    rep = RobustReport(model=str(name), data=data_name, n=n, norm=norm, eps=eps_list, attacks=labels, clean=clean.float().mean().item(),
-                       accuracy=acc, worst_case=worst, seconds=seconds, robust=robust, correct=clean.int().tolist(),
+    with model_state(model, training=False):
+        try:
+            for i, j in bounds:
+                x, y = load_batch(ds, torch.arange(i, j))
+                x, y = check_images(x).to(device), check_labels(y, x).to(device)
+                ok = correct_every_pass(model, x, y, passes)                              # stage 1: clean pass
+                clean[i:j] = ok.cpu()
+                if sanity and i == 0: grad, large = masking_probe(model, x[:500], y[:500], ok[:500], passes, seed)  # stage 2
+                for e, c in zip(eps_list, cols):                                           # stage 3: attacks
+                    def on_attack(label, done): bar.update(1) if done else bar.set_description(f"{label} ε={c} [{i}:{j}]")
+                    f, t = attack_batch(model, x, y, ok, e, norm, specs, passes, cascade, seed, on_attack)
+                    for l in labels: fooled[c][l][i:j] = f[l]; seconds[c][l] += t[l]
+        finally: bar.close()
+    tallies = {c: tally(clean, fooled[c], cascade) for c in cols}                          # stage 4: tally
+    rep = RobustReport(model=_model_name(model, model_name), data=getattr(ds, 'name', type(ds).__name__), n=n, norm=norm,
+                       eps=eps_list, attacks=labels, clean=clean.float().mean().item(),
+                       accuracy={c: t[0] for c, t in tallies.items()}, worst_case={c: t[1] for c, t in tallies.items()},
+                       seconds=seconds, robust={c: t[2] for c, t in tallies.items()}, correct=clean.int().tolist(),
                        settings=dict(passes=passes, randomized=is_randomized(model), cascade=cascade, seed=seed,
-                                     batch_size=batch_size, attack_kwargs=attack_kwargs, torch=torch.__version__))
-    if sanity:
-        white = [l for l, s, _ in specs if s.white_box]; black = [l for l, s, _ in specs if not s.white_box]
-        large_acc = sum(a for a, _ in large) / sum(m for _, m in large) if large else None
-        rep.checks = {'ran': ['monotone in ε', 'large ε (PGD-20, ℓ∞ 0.5)', 'black-box ≤ white-box', 'input gradients'],
-                      'large_eps_accuracy': large_acc, 'gradients': grad}
-        rep.warnings = sanity_warnings(rep, white, black, fooled, large_acc, grad, n)
-        for w in rep.warnings: warnings.warn(w)
+                                     batch_size=batch_size, attack_kwargs=attack_kwargs or {}, torch=torch.__version__))
+    if sanity: _add_sanity(rep, specs, fooled, large, grad)
     return rep
+
+def _add_sanity(rep:RobustReport, specs, fooled, large, grad):
+    "Attach the gradient-masking checks to `rep` and warn about each failure."
+    white = [l for l, s, _ in specs if s.white_box]; black = [l for l, s, _ in specs if not s.white_box]
+    large_acc = large[0] / large[1] if large else None
+    rep.checks = {'ran': ['monotone in ε', 'large ε (PGD-20, ℓ∞ 0.5)', 'black-box ≤ white-box', 'input gradients'],
+                  'large_eps_accuracy': large_acc, 'gradients': grad}
+    rep.warnings = sanity_warnings(rep, white, black, fooled, large_acc, grad, rep.n)
+    for w in rep.warnings: warnings.warn(w)
 
 # %% ../nbs/06_evaluate.ipynb #3aabba6b
 @dataclass
@@ -318,37 +329,18 @@ class ShiftReport(JSONReport):
         return fig
 
 # %% ../nbs/06_evaluate.ipynb #d83ebbdf
-class _Tensors(torch.utils.data.Dataset):
-    "An `(images, labels)` pair as a dataset (for the lazy corruption path)."
-    def __init__(self, x, y, name): self.x, self.y, self.name = x, y, name
-    def __len__(self): return len(self.x)
-    def get_batch(self, idx): return self.x[idx], self.y[idx]
-
 def _first(data, n):
     "The first `n` samples of a Dataset or `(x, y)` pair as a dataset, and whether it may be cached."
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data; check_images(x); y = check_labels(y, x)
-        n = min(n or len(x), len(x))
-        return _Tensors(x[:n].cpu(), y[:n].cpu(), f"tensors {tuple(x.shape[1:])}"), False
-    if not hasattr(data, '__len__'): raise TypeError(f"data must be a Dataset or an (images, labels) pair, got {type(data).__name__}.")
-    n = min(n or len(data), len(data))
-    if isinstance(data, ImageDataset):
-        return (data if n == len(data) else ImageDataset(data.images[:n], data.targets[:n], data.classes, data.name)), True
-    x, y = load_batch(data, torch.arange(n))
-    return _Tensors(x, y, getattr(data, 'name', type(data).__name__)), False
+    ds = as_dataset(data); n = min(_check_n(n) or len(ds), len(ds))
+    if isinstance(ds, ImageDataset):
+        return (ds if n == len(ds) else ImageDataset(ds.images[:n], ds.targets[:n], ds.classes, ds.name)), True
+    x, y = load_batch(ds, torch.arange(n))
+    return TensorPair(x.cpu(), y.cpu(), getattr(ds, 'name', type(ds).__name__)), False
 
 def _parse_list(v, cast=str):
     if v is None: return []
     if isinstance(v, str): v = [s.strip() for s in v.split(',') if s.strip()]
     return [cast(s) for s in v]
-
-@torch.no_grad()
-def _accuracy(model, ds, batch_size, passes, device):
-    ok = 0
-    for i in range(0, len(ds), batch_size):
-        x, y = load_batch(ds, torch.arange(i, min(len(ds), i + batch_size)))
-        ok += correct_every_pass(model, x.to(device), torch.as_tensor(y).to(device), passes).sum().item()
-    return ok / len(ds)
 
 def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|None=None, batch_size:int=500,
                    passes:int|None=None, seed:int=0, cache=None, progress:bool=True, device=None,
@@ -363,12 +355,11 @@ def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|
     sevs = [check_severity(s) for s in _parse_list(severities, int)]
     device = get_device(device) if device is not None else next(model.parameters()).device
     passes = default_passes(model, passes)
-    was_training = model.training; model.eval()
     fp = dataset_fingerprint(ds) if cacheable and cache is not False and names else None
     t_corrupt = t_eval = 0.
     seed_everything(seed)
-    try:
-        t0 = time.time(); clean = _accuracy(model, ds, batch_size, passes, device); t_eval += time.time() - t0
+    with model_state(model, training=False):
+        t0 = time.time(); clean = accuracy(model, ds, batch_size=batch_size, passes=passes, device=device); t_eval += time.time() - t0
         acc = {c: {} for c in names}
         bar = tqdm(total=len(names) * len(sevs), disable=not progress, desc='shift accuracy', dynamic_ncols=True)
         for c in names:
@@ -378,11 +369,10 @@ def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|
                 shifted = (corrupt_dataset(ds, c, s, seed, cache=cache, fingerprint=fp, batch_size=batch_size) if cacheable
                            else CorruptedDataset(ds, c, s, seed))
                 t1 = time.time(); t_corrupt += t1 - t0
-                acc[c][str(s)] = _accuracy(model, shifted, batch_size, passes, device)
+                acc[c][str(s)] = accuracy(model, shifted, batch_size=batch_size, passes=passes, device=device)
                 t_eval += time.time() - t1
                 bar.update(1)
         bar.close()
-    finally: model.train(was_training)
     per_c = {c: float(np.mean(list(acc[c].values()))) for c in names if sevs}
     per_s = {str(s): float(np.mean([acc[c][str(s)] for c in names])) for s in sevs if names}
     cells = [v for c in names for v in acc[c].values()]
@@ -401,11 +391,7 @@ def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|
 def _load(path_or_model):
     "(model, train config dict or {}) from a model, a checkpoint or a run directory."
     if isinstance(path_or_model, nn.Module): return path_or_model, {}
-    p = Path(path_or_model)
-    if p.is_dir():
-        if not (p / 'model.safetensors').exists(): raise FileNotFoundError(f"{p} has no model.safetensors: is the run finished?")
-        p = p / 'model.safetensors'
-    model, meta = load_model(p, expect_kind=CLASSIFIER_KINDS)
+    model, meta = load_model(path_or_model, expect_kind=CLASSIFIER_KINDS)
     return model, meta.get('train_config') or {}
 
 def _checkpoint_data(path_or_model, dataset, split, data_root, device):
@@ -415,7 +401,7 @@ def _checkpoint_data(path_or_model, dataset, split, data_root, device):
     channels = getattr(model, 'in_chans', tc.get('channels', 3)); img_size = getattr(model, 'img_size', tc.get('img_size', 32))
     ds = get_dataset(dataset, split, root=data_root or tc.get('data_root'), img_size=img_size, channels=channels)
     model.to(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    name = Path(path_or_model).name if not isinstance(path_or_model, nn.Module) else None
+    name = None if isinstance(path_or_model, nn.Module) else Path(path_or_model).name
     if name == 'model.safetensors': name = Path(path_or_model).parent.name
     return model, ds, name
 
