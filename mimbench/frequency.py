@@ -17,9 +17,9 @@ __all__ = ['fft2c', 'ifft2c', 'frequency_grid', 'band_mask', 'spectrum', 'radial
            'fourier_heatmap', 'plot_heatmap', 'perturbation_spectrum', 'plot_spectra']
 
 # %% ../nbs/12_frequency.ipynb #801dc0a4
-def fft2c(x):
-    "Centred orthonormal 2-D FFT over the last two axes (DC at index (H//2, W//2))."
-    return torch.fft.fftshift(torch.fft.fft2(x, norm='ortho'), dim=(-2, -1))
+def fft2c(x, norm:str='ortho'):
+    "Centred orthonormal 2-D FFT over the last two axes (DC at index (H//2, W//2)); `norm` as in `torch.fft.fft2`."
+    return torch.fft.fftshift(torch.fft.fft2(x, norm=norm), dim=(-2, -1))
 
 def ifft2c(X):
     "Inverse of `fft2c` (complex; take `.real` for images whose spectrum is conjugate-symmetric)."
@@ -43,9 +43,9 @@ def band_mask(h:int, w:int, low:float|None=None, high:float|None=None, device=No
     return m
 
 # %% ../nbs/12_frequency.ipynb #7eae2d33
-def spectrum(x) -> torch.Tensor:
-    "Mean magnitude of the centred orthonormal FFT of a batch N×C×H×W over images and channels: H×W."
-    return fft2c(x.float()).abs().mean(dim=tuple(range(x.ndim - 2)))
+def spectrum(x, norm:str='ortho') -> torch.Tensor:
+    "Mean magnitude of the centred FFT (orthonormal by default) of a batch N×C×H×W (or C×H×W) over images and channels: H×W."
+    return fft2c(x.float(), norm).abs().mean(dim=tuple(range(x.ndim - 2)))
 
 def radial_profile(spec) -> torch.Tensor:
     "Mean of a centred H×W spectrum over rings of integer radius 0, 1, … (radius rounded to the nearest integer)."

@@ -16,11 +16,12 @@ from .data import get_dataset, load_batch
 from .mim import PRETEXTS, Pretext, unwrap
 from .attacks import ATTACKS
 from .defenses import De3, reconstruct, psnr, plot_sweep, sigma_sweep
+from .frequency import spectrum
 
 # %% auto #0
 __all__ = ['CONTROL_SPECS', 'QUICK_SWEEP', 'EXPLORER_ATTACKS', 'to_png', 'figure_png', 'prob_html', 'Explorer', 'Panels',
            'resolve_model', 'ReconstructionExplorer', 'SweepPlot', 'load_sweep', 'quick_sweep', 'De3Explorer',
-           'Recorder', 'spectrum', 'AttackExplorer', 'demo_de3']
+           'Recorder', 'AttackExplorer', 'demo_de3']
 
 # %% ../nbs/30_widgets.ipynb #1198b2a9
 def to_png(img, scale:int=4, cmap:str|None=None, vmin=None, vmax=None) -> bytes:
@@ -416,10 +417,6 @@ class Recorder(nn.Module):
         self.trace.append((x.detach().clone(), out.detach().float()))
         return out
 
-def spectrum(delta):
-    "Log-magnitude Fourier spectrum of a C×H×W perturbation, averaged over channels, zero frequency in the centre."
-    return torch.fft.fftshift(torch.fft.fft2(delta.float()).abs().mean(0)).log1p()
-
 def _attack_kwargs(spec, steps):
     params = inspect.signature(spec.fn).parameters
     if 'steps' in params: return {'steps': steps}
@@ -492,7 +489,7 @@ class AttackExplorer(Explorer):
         amp = self.epsilon if self.norm.value == 'linf' else max(delta.abs().max().item(), 1e-6)
         self.panels.set('clean', to_png(self._x, self.scale)); self.panels.set('adversarial', to_png(t['x_adv'], self.scale))
         self.panels.set('perturbation', to_png((delta / (2 * amp) + 0.5).clamp(0, 1), self.scale), f'perturbation ×{0.5 / amp:.0f}')
-        self.panels.set('spectrum', to_png(spectrum(delta), self.scale, cmap='viridis'))
+        self.panels.set('spectrum', to_png(spectrum(delta, 'backward').log1p(), self.scale, cmap='viridis'))   # log-magnitude
         probs = t['logits'].softmax(0)
         self.probs.value = prob_html(probs, self.classes, self._y)
         self.loss_image.value = self._plot_loss(i)
