@@ -17,10 +17,6 @@ __all__ = ['hsic', 'linear_cka', 'batch_grams', 'hsic_matrix', 'hsic_self', 'Min
            'layer_grams', 'iter_images', 'cka_matrix', 'plot_cka', 'plot_cka_maps']
 
 # %% ../nbs/11_cka.ipynb #10c8b65b
-def _flat(x):
-    "N×… features → N×F float64."
-    return x.reshape(len(x), -1).double()
-
 def hsic(K, L, unbiased:bool=True):
     "HSIC of two n×n Gram matrices (float64): the unbiased estimator of Song et al. 2012, or the biased tr(KHLH)/(n−1)²."
     K, L = K.double(), L.double()
@@ -32,6 +28,11 @@ def hsic(K, L, unbiased:bool=True):
         return t / (n * (n - 3))
     H = torch.eye(n, dtype=K.dtype, device=K.device) - 1 / n
     return ((H @ K @ H) * L).sum() / (n - 1) ** 2
+
+# %% ../nbs/11_cka.ipynb #53ea40a7
+def _flat(x):
+    "N×… features → N×F float64."
+    return x.reshape(len(x), -1).double()
 
 def linear_cka(x, y, unbiased:bool=False):
     "Exact linear CKA of features `x` (N×…) and `y` (N×…) of the same N inputs, in float64."
@@ -51,6 +52,7 @@ def batch_grams(feats, dtype=torch.float32):
         out.append(x @ x.T)
     return torch.stack(out).double()
 
+# %% ../nbs/11_cka.ipynb #a60354dc
 def _hsic_parts(G):
     "Diagonal-free Grams (flattened), their totals and row sums: what the unbiased HSIC of every pair needs."
     n = G.shape[-1]
@@ -72,6 +74,7 @@ def hsic_self(G):
     f, s, r = _hsic_parts(G)
     return ((f * f).sum(1) + s * s / ((n - 1) * (n - 2)) - 2 / (n - 2) * (r * r).sum(1)) / (n * (n - 3))
 
+# %% ../nbs/11_cka.ipynb #e694a3f4
 class MinibatchCKA:
     "Accumulates unbiased linear HSIC between all layers of two representations over minibatches; `compute()` gives CKA."
     def __init__(self): self.xy = self.xx = self.yy = None; self.samples = 0; self.batches = 0
@@ -115,6 +118,7 @@ def _modules_to_record(model, include_norm):
         mods.append(norm)
     return mods
 
+# %% ../nbs/11_cka.ipynb #38a0c9dd
 def layer_features(model, x, include_norm:bool=False):
     "Tokens after every block (and after the final norm) from one forward pass: a list of N×T×D tensors."
     if isinstance(model, ViT):
@@ -172,6 +176,7 @@ def _n_batches(data, n, batch_size):
     src = _sized(data)
     return None if src is None else math.ceil(min(n or len(src), len(src)) / batch_size)
 
+# %% ../nbs/11_cka.ipynb #52604925
 def _device(model): return next(model.parameters()).device
 
 @torch.inference_mode()
@@ -207,6 +212,7 @@ def plot_cka(m, ax=None, labels=('model', 'model'), title:str|None=None, annotat
     ax.figure.colorbar(im, ax=ax, fraction=.046, pad=.04)
     return ax
 
+# %% ../nbs/11_cka.ipynb #4b0da56d
 def plot_cka_maps(models:dict, data, n:int|None=500, batch_size:int=100, include_norm:bool=False, progress:bool=True):
     "Within-model maps for every named model and cross-model maps for every pair, in one figure; returns (fig, matrices)."
     import matplotlib.pyplot as plt
