@@ -445,7 +445,7 @@ class ClassifierKinds:
     "The kinds whose builders are flagged `classifier` (a live view of `MODEL_BUILDERS`, usable as a tuple of names)."
     def __contains__(self, kind): return kind in MODEL_BUILDERS and getattr(MODEL_BUILDERS[kind], 'classifier', False)
     def __iter__(self): return iter(sorted(k for k, f in MODEL_BUILDERS.items() if getattr(f, 'classifier', False)))
-    def __len__(self): return len(tuple(self))
+    def __len__(self): return sum(1 for _ in self)
     def __bool__(self): return True               # without importing every module to count them
     def __repr__(self): return repr(tuple(self))
 

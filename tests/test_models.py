@@ -55,3 +55,19 @@ def test_bilinear_lookup_matches_grid_sample():
 def test_rpe_vit_keeps_the_stochastic_depth_schedule():
     rates = lambda m: [getattr(b.drop_path1, 'drop_prob', 0.) for b in m.blocks]
     assert rates(create_vit('micro', 32, 4, 1, drop_path_rate=0.2, rpe=True)) == rates(create_vit('micro', 32, 4, 1, drop_path_rate=0.2))
+
+def test_a_new_classifier_kind_needs_no_edit_elsewhere(tmp_path, monkeypatch):
+    "A builder registered with classifier=True is a classifier kind for load_model(expect_kind=CLASSIFIER_KINDS) at once."
+    from mimbench.models import MODEL_BUILDERS, CLASSIFIER_KINDS, model_builder, save_model, load_model, CheckpointError
+    monkeypatch.setitem(MODEL_BUILDERS, 'tmp-vit', None)            # restored (removed) after the test
+    @model_builder('tmp-vit', classifier=True)
+    def tmp_vit(**c): return create_vit(**c)
+    assert 'tmp-vit' in CLASSIFIER_KINDS and 'tmp-vit' in list(CLASSIFIER_KINDS)
+    assert 'mae' not in CLASSIFIER_KINDS and 'adpe-mae' not in CLASSIFIER_KINDS and 'rpe-vit' in CLASSIFIER_KINDS
+    v = create_vit('micro', 32, 4, 1); v.config = dict(v.config, kind='tmp-vit')
+    save_model(tmp_path / 'm.safetensors', v)
+    assert type(load_model(tmp_path / 'm.safetensors', expect_kind=CLASSIFIER_KINDS)[0]).__name__ == 'ViT'
+    from mimbench.models import create_mae
+    save_model(tmp_path / 'mae.safetensors', create_mae('micro', 32, 4, 1))
+    with pytest.raises(CheckpointError, match="holds a 'mae' model, but a .*'tmp-vit'.* fine-tune the pretraining run first"):
+        load_model(tmp_path / 'mae.safetensors', expect_kind=CLASSIFIER_KINDS)
