@@ -108,6 +108,7 @@ def overlay(img, heat, ax=None, alpha:float=.55, cmap:str='jet', title:str|None=
     if title: ax.set_title(title, fontsize=8)
     return ax
 
+# %% ../nbs/13_attention.ipynb #26fe1992
 def show_attention(model, x, query='cls', blocks=None, head:int|str='mean', rollout:bool=True):
     "Overlays of `query`'s attention in the chosen blocks (head-averaged or one head) and of the rollout, one row per image."
     import matplotlib.pyplot as plt
