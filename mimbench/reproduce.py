@@ -35,6 +35,7 @@ class Arm:
     defense_args: dict = field(default_factory=dict)
     role: str = ''                             # 'headline', 'baseline', 'control', 'ablation'
     preset: str|None = None                    # a model preset other than the paper's (e.g. the perceptual teacher)
+    evaluate: bool = True                      # False: a tool of another arm (the perceptual loss's teacher), trained only
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -116,7 +117,7 @@ _register(Grid('huang', "Huang et al. — MAE's adversarial weakness, adversaria
         Arm('mae', 'mae', finetune_args=_CE, role='baseline'),
         Arm('supervised', None, finetune_args=_CE, role='control'),
         Arm('adv-bert', 'adv-bert', finetune_args=_CE, role='headline'),
-        Arm('teacher', None, finetune_args=_CE, role='control', preset='tiny'),       # frozen ViT-Tiny of the perceptual loss
+        Arm('teacher', None, finetune_args=_CE, role='control', preset='tiny', evaluate=False),  # frozen ViT-Tiny of the perceptual loss
         Arm('perceptual-mae', 'perceptual-mae', {'teacher': '@teacher:finetune', 'weight': 1.0}, finetune_args=_CE, role='headline'),
         Arm('mae+ttfp', 'mae', finetune_args=_CE, defense='ttfp', defense_args={'k': 10, 'prompt_rms': 16 / 255}, role='headline'),
     ),
@@ -721,16 +722,6 @@ def results_folder(results, paper:str, scale:str, dataset:str) -> Path:
     return Path(results) / 'reproduce' / paper / f"{scale}-{dataset.replace(':', '_').replace('/', '_')}"
 
 # %% ../nbs/18_reproduce.ipynb #7599b0e2
-def _clean_flags(model, ds, n:int, passes:int|None, batch_size:int=500) -> np.ndarray:
-    "Per-sample clean flags of the first `n` images (correct on every pass)."
-    from mimbench.attacks import default_passes
-    from mimbench.data import load_batch
-    dev, passes, out = next(model.parameters()).device, default_passes(model, passes), []
-    for i in range(0, n, batch_size):
-        x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
-        out.append(correct_every_pass(model.eval(), x.to(dev), torch.as_tensor(y).to(dev), passes).cpu().numpy())
-    return np.concatenate(out)
-
 def _evaluated(model_or_run, evaluated, ds, n:int, split:str, recipe:str) -> dict:
     "The `evaluated` block of a record: the runs, the data and the digest of its first-n samples."
     if not isinstance(model_or_run, nn.Module): evaluated = {'runs': [describe_run(model_or_run)], **(evaluated or {})}
@@ -745,10 +736,12 @@ def eval_attack(job, model, evaluated, protocol, folder, progress:bool=False) ->
 def eval_shift(job, model, evaluated, protocol, folder, progress:bool=False) -> list:
     "Clean per-sample flags and the corruption suite's mCA / relative drop (in `extra`) of one model."
     from mimbench.evaluate import _checkpoint_data, shift_accuracy
+    from mimbench.train import accuracy
+    from mimbench.attacks import default_passes
     ft = job.planned.finetune
     net, ds, _ = _checkpoint_data(model, ft.dataset, protocol.split, ft.data_root, None)
     n, t0, passes = min(protocol.n, len(ds)), time.time(), protocol.passes[0]
-    flags = _clean_flags(net, ds, n, passes)
+    flags = accuracy(net, ds, n, passes=default_passes(net, passes), flags=True).numpy()
     rep = shift_accuracy(net, ds, protocol.corruptions, protocol.severities, n=n, passes=passes, seed=job.seed, progress=progress)
     extra = {'mCA': rep.mean_corruption_accuracy, 'relative_drop': rep.relative_drop, 'per_corruption': rep.per_corruption,
              'skipped': rep.skipped}
@@ -806,7 +799,7 @@ def grid_jobs(paper:str, scale:str='micro', dataset=None, root=None, channels=No
     for s in range(seeds or r.seeds):
         for pl in plan(paper, scale, dataset, root, channels, out, s):
             if s and pl.arm.role == 'ablation': continue
-            jobs.append(GridJob(pl, s, [e for e in g.evaluations if e.arms is None or pl.arm.name in e.arms]))
+            jobs.append(GridJob(pl, s, [e for e in g.evaluations if pl.arm.evaluate and (e.arms is None or pl.arm.name in e.arms)]))
     return jobs
 
 def arm_model(job:GridJob):
@@ -993,7 +986,8 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
         if ev in protocols and rec.protocol['hash'] == protocols[ev].settings_hash() and not rec.is_stale():
             for run in rec.evaluated.get('runs', []): found.setdefault((ev, rec.method, rec.seed, run.get('dir')), []).append(rec)
     todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in jobs]
-    todo = [(j, evs) for j, evs in todo if evs]
+    done = lambda j: all((run_dir(c) / 'result.json').exists() for c in (j.planned.pretrain, j.planned.finetune) if c is not None)
+    todo = [(j, evs) for j, evs in todo if evs or not done(j)]       # an arm that is only a tool of another: trained only
     pending = lambda stage: {str(run_dir(c)) for j, _ in todo for c in [getattr(j.planned, stage)]
                              if c is not None and not (run_dir(c) / 'result.json').exists()}
     left = {'pretrain': len(pending('pretrain')), 'finetune': len(pending('finetune')),
@@ -1010,7 +1004,7 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
             t0 = time.time(); train(replace(cfg, progress=progress)); trained.append(str(run_dir(cfg)))
             seconds.setdefault(stage, []).append(time.time() - t0); left[stage] -= 1
         if not complete: break
-        model, evaluated = arm_model(job)
+        model, evaluated = arm_model(job) if evs else (None, None)
         for ev in evs:
             if over(): complete = False; break
             log(f"[{i + 1}/{len(todo)}] evaluate {ev.name} · {job.arm.name} seed {job.seed} — {_eta(seconds, left)}")

@@ -7,15 +7,20 @@ import pytest
 import mimbench.train
 from mimbench.results import load_records, check_record
 from mimbench.reproduce import GRIDS, reproduce, cli_reproduce
+from mimbench.models import PRESETS
 
 VERDICTS = ('**held**', '**not held**', '**inconclusive**')
 
+def trimmed(paper, arms, evaluations):
+    "`paper`'s grid cut down to some arms and evaluations, with the comparisons among them."
+    g = GRIDS[paper]
+    ok = lambda c: c.a in arms and c.b in arms and all(e is None or e in evaluations for e in (c.evaluation, c.b_evaluation))
+    return replace(g, arms=tuple(g.arm(a) for a in arms), evaluations=tuple(g.evaluation(e) for e in evaluations),
+                   comparisons=tuple(c for c in g.comparisons if ok(c)))
+
 def trimmed_nim_de3():
-    "nim-de3 with three arms (MAE, NIM and the De³ defence) and its FGSM evaluation: every code path, in seconds."
-    g = GRIDS['nim-de3']
-    keep = ('mae', 'nim', 'de3 σ=70')
-    return replace(g, arms=tuple(a for a in g.arms if a.name in keep), evaluations=(g.evaluation('fgsm'),),
-                   comparisons=tuple(c for c in g.comparisons if c.a in keep and c.b in keep and c.evaluation in (None, 'fgsm')))
+    "nim-de3 with three arms (MAE, NIM and the De³ defence) and its FGSM evaluation: every stage, in seconds."
+    return trimmed('nim-de3', ('mae', 'nim', 'de3 σ=70'), ('fgsm',))
 
 @pytest.fixture
 def counted_train(monkeypatch):
@@ -72,3 +77,37 @@ def test_reproduce_refuses_a_broken_grid(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown attack 'pgdd'"):
         reproduce('nim-de3', 'micro', out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), log=lambda *a: None)
     assert not (tmp_path / 'runs').exists()
+
+@pytest.mark.parametrize('paper,arms,evaluation', [
+    ('rebuffi', ('mae ld0.75', 'adv-mae l2 0.5 ld0.75'), 'shift'),        # clean flags + mCA in extra
+    ('adpe', ('mae', 'mae-plus'), 'linear-probe'),                          # probe flags + attention distance
+    ('huang', ('mae', 'mae+ttfp'), 'ttfp-adaptive'),                        # TTFP defence, adaptive attacks
+])
+def test_evaluation_kinds(paper, arms, evaluation, tmp_path, monkeypatch):
+    monkeypatch.setitem(GRIDS, paper, trimmed(paper, arms, (evaluation,)))
+    res = reproduce(paper, 'micro', out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), log=lambda *a: None)
+    assert sorted(r.method for r in res.records) == sorted(arms)
+    for r in res.records: assert check_record(r) == [], r.key
+    by = {r.method: r for r in res.records}
+    if evaluation == 'shift':
+        assert all(set(r.metrics) == {'clean'} and 0 <= r.extra['mCA'] <= 1 and len(r.extra['per_corruption']) >= 10 for r in res.records)
+        row = res.rows[0]                                      # mCA has no flags: the means beside the paper, no verdict
+        assert row['verdict'] == 'inconclusive' and row['acc_a'] == by[arms[1]].extra['mCA']
+    if evaluation == 'linear-probe':
+        assert all(set(r.metrics) == {'linear-probe'} and len(r.extra['mean_attention_distance']) == PRESETS['micro'].depth for r in res.records)
+        assert all(r.evaluated['runs'][0]['task'] == 'pretrain' for r in res.records)
+    if evaluation == 'ttfp-adaptive':
+        t = by['mae+ttfp']
+        assert t.evaluated['defense'] == 'ttfp' and any('ttfp-adaptive' in str(a) for a in t.protocol['settings']['attacks'])
+        assert list((tmp_path / 'runs' / 'ttfp').glob('*/model.safetensors'))            # prompts cached beside the runs
+    assert '**' in res.report.read_text()
+
+@pytest.mark.slow
+def test_reproduce_mimir_micro(tmp_path):
+    "The cheapest whole grid (MIMIR, 6 arms, 5 evaluations; ~80 s on one core): a record per (arm, evaluation), verdicts."
+    res = reproduce('mimir', 'micro', out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), log=lambda *a: None)
+    g = GRIDS['mimir']
+    want = {(e.name, a.name) for e in g.evaluations for a in g.arms if e.arms is None or a.name in e.arms}
+    assert {(r.protocol['name'].split('.', 1)[1], r.method) for r in res.records} == want
+    assert all(check_record(r) == [] for r in res.records)
+    assert len(res.verdicts) == len(g.comparisons) and res.complete
