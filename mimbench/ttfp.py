@@ -4,7 +4,7 @@
 
 # %% ../nbs/12b_ttfp.ipynb #33b9ff4d
 from __future__ import annotations
-import json, math, time, warnings
+import contextlib, json, math, time, warnings
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -15,13 +15,14 @@ from .core import check_images, check_norm, parse_eps, seed_everything, write_js
 from .data import as_dataset, get_dataset, load_batch, subset
 from .models import (MODEL_BUILDERS, CLASSIFIER_KINDS, CheckpointError, build_model, checkpoint_file, load_model,
                              load_weights, read_checkpoint, save_model)
-from .attacks import perturb, classifier_loss
+from .attacks import ATTACKS, AttackSpec, perturb, classifier_loss, correct_every_pass
 from .train import epoch_batches, init_key, lr_at, param_groups
 from .frequency import fft2c, ifft2c, band_mask, first_samples, model_device
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'kmeans', 'pre_logits', 'features_of', 'TTFP', 'ttfp_from_config', 'build_ttfp', 'PromptObjective',
-           'train_prompts', 'save_ttfp', 'load_ttfp', 'evaluate_ttfp', 'ttfp_markdown', 'ttfp_dir', 'cli_ttfp']
+__all__ = ['OBJECTIVES', 'ADAPTIVE_MODES', 'kmeans', 'pre_logits', 'features_of', 'TTFP', 'ttfp_from_config', 'build_ttfp',
+           'PromptObjective', 'train_prompts', 'save_ttfp', 'load_ttfp', 'ttfp_adaptive', 'evaluate_ttfp',
+           'ttfp_markdown', 'ttfp_dir', 'cli_ttfp']
 
 # %% ../nbs/12b_ttfp.ipynb #271fbff1
 def kmeans(x, k:int, iters:int=50, seed:int=0, tol:float=1e-6):
@@ -107,6 +108,14 @@ class TTFP(nn.Module):
         return ifft2c(fft2c(x) + P[idx]).real.clamp(0, 1)
 
     def _clip(self, z): return z + (z.clamp(0, 1) - z).detach() if self.clip_bpda else z.clamp(0, 1)
+
+    @contextlib.contextmanager
+    def gradients(self, selection_tau:float|None=None, clip_bpda:bool=False, attack_prompt:int|None=None):
+        "Context with these gradient settings (the plain, exact gradient by default); the previous ones are restored on exit."
+        old = self.selection_tau, self.clip_bpda, self.attack_prompt
+        self.selection_tau, self.clip_bpda, self.attack_prompt = selection_tau, clip_bpda, attack_prompt
+        try: yield self
+        finally: self.selection_tau, self.clip_bpda, self.attack_prompt = old
 
     def prompted(self, x):
         "The images the classifier sees; `selection_tau` / `clip_bpda` add straight-through gradients for adaptive attacks."
@@ -223,18 +232,27 @@ def load_ttfp(path, classifier=None, features=None) -> TTFP:
     return t.to(model_device(t.classifier)).eval()
 
 # %% ../nbs/12b_ttfp.ipynb #62c1aa7e
-def _with(ttfp, **settings):
-    "A context setting TTFP's gradient options (`selection_tau`, `clip_bpda`, `attack_prompt`), restored on exit."
-    import contextlib
-    @contextlib.contextmanager
-    def ctx():
-        old = {k: getattr(ttfp, k) for k in settings}
-        for k, v in settings.items(): setattr(ttfp, k, v)
-        try: yield ttfp
-        finally:
-            for k, v in old.items(): setattr(ttfp, k, v)
-    return ctx()
+ADAPTIVE_MODES = ('soft', 'prompts')
 
+def ttfp_adaptive(model, x, y, eps, norm:str='linf', mode:str='soft', attack:str='apgd-ce', tau:float=0.05, **kw):
+    "Adaptive `attack` on a TTFP: soft prompt selection (`mode='soft'`) or each prompt attacked in turn (`'prompts'`)."
+    if mode not in ADAPTIVE_MODES: raise ValueError(f"ttfp-adaptive mode must be one of {ADAPTIVE_MODES}, got {mode!r}.")
+    if not isinstance(model, TTFP): return ATTACKS[attack](model, x, y, eps, norm, **kw)
+    if mode == 'soft':
+        with model.gradients(selection_tau=tau, clip_bpda=True): return ATTACKS[attack](model, x, y, eps, norm, **kw)
+    best, alive = x.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for k in range(model.k):                                   # per image: the first prompt whose attack fools TTFP
+        idx = alive.nonzero().flatten()
+        if not len(idx): break
+        with model.gradients(clip_bpda=True, attack_prompt=k): xa = ATTACKS[attack](model, x[idx], y[idx], eps, norm, **kw)
+        best[idx] = xa
+        with torch.no_grad(), model.gradients(): alive[idx[~correct_every_pass(model, xa, y[idx])]] = False
+    return best
+
+ATTACKS['ttfp-adaptive'] = AttackSpec(ttfp_adaptive, name='ttfp-adaptive')
+def _with(ttfp, **settings): return ttfp.gradients(**settings)      # old name, until 18_reproduce uses ATTACKS['ttfp-adaptive']
+
+# %% ../nbs/12b_ttfp.ipynb #64df06ac
 def evaluate_ttfp(ttfp:TTFP, data, attacks=('apgd-ce',), eps='8/255', norm:str='linf', n:int=500, batch_size:int=250,
                   adaptive_tau:float|None=0.05, seed:int=0, progress:bool=True, sanity:bool=True, cascade:bool=False,
                   per_prompt:bool=False) -> dict:
@@ -244,16 +262,14 @@ def evaluate_ttfp(ttfp:TTFP, data, attacks=('apgd-ce',), eps='8/255', norm:str='
               sanity=sanity, cascade=cascade)
     ttfp.eval()
     base = robust_accuracy(ttfp.classifier, data, model_name='classifier', **kw)
-    plain = dict(selection_tau=None, clip_bpda=False, attack_prompt=None)
-    with _with(ttfp, **plain): exact = robust_accuracy(ttfp, data, model_name='TTFP (exact gradient)', **kw)
-    adaptive, prompts = None, []
+    with ttfp.gradients(): exact = robust_accuracy(ttfp, data, model_name='TTFP (exact gradient)', **kw)
+    adaptive = prompts = None
     if adaptive_tau is not None:
-        with _with(ttfp, **{**plain, 'selection_tau': adaptive_tau, 'clip_bpda': True}):
+        with ttfp.gradients(selection_tau=adaptive_tau, clip_bpda=True):
             adaptive = robust_accuracy(ttfp, data, model_name=f'TTFP (soft selection τ={adaptive_tau}, BPDA clip)', **kw)
     if per_prompt:
-        for k in range(ttfp.k):
-            with _with(ttfp, **{**plain, 'clip_bpda': True, 'attack_prompt': k}):
-                prompts.append(robust_accuracy(ttfp, data, model_name=f'TTFP (prompt {k} fixed, BPDA clip)', **kw))
+        each = [('ttfp-adaptive', {'mode': 'prompts', 'attack': a, **k}) for a, k in (x if isinstance(x, tuple) else (x, {}) for x in attacks)]
+        with ttfp.gradients(): prompts = robust_accuracy(ttfp, data, model_name='TTFP (each prompt attacked)', **{**kw, 'attacks': each})
     flags = lambda rep, c: torch.tensor(rep.robust[c], dtype=torch.bool)
     rows = []
     for c in exact.robust:
@@ -261,14 +277,12 @@ def evaluate_ttfp(ttfp:TTFP, data, attacks=('apgd-ce',), eps='8/255', norm:str='
         if adaptive is not None: r &= flags(adaptive, c)
         row = {'eps': c, 'classifier': base.worst_case[c], 'ttfp_exact': exact.worst_case[c],
                'ttfp_adaptive': adaptive.worst_case[c] if adaptive is not None else None}
-        if per_prompt:
-            pp = torch.stack([flags(p, c) for p in prompts]).all(0)
-            row['ttfp_per_prompt'] = pp.float().mean().item(); r &= pp
+        if per_prompt: row['ttfp_per_prompt'] = prompts.worst_case[c]; r &= flags(prompts, c)
         rows.append({**row, 'ttfp': r.float().mean().item()})
     reports = {'classifier': base, 'exact': exact, 'adaptive': adaptive, **({'per_prompt': prompts} if per_prompt else {})}
     return {'clean': {'classifier': base.clean, 'ttfp': exact.clean}, 'robust': rows, 'attacks': list(exact.attacks),
             'n': exact.n, 'norm': norm, 'reports': reports,
-            'warnings': [w for rep in (base, exact, adaptive, *prompts) if rep is not None for w in rep.warnings]}
+            'warnings': [w for rep in (base, exact, adaptive, prompts) if rep is not None for w in rep.warnings]}
 
 def ttfp_markdown(res:dict) -> str:
     "The result of `evaluate_ttfp` as a markdown table (accuracy in %)."

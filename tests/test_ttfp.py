@@ -141,7 +141,7 @@ class FlatNearPrompt0(nn.Module):
 
 def flat_toy(c=0.3):
     "TTFP that always selects prompt 0 (−c·U); prompt 1 (+c·U) would put the image on the classifier's slope."
-    t = TTFP(FlatNearPrompt0(), torch.eye(2), features=lambda z: torch.tensor([[1., 0.]]).expand(len(z), 2))
+    t = TTFP(FlatNearPrompt0(), torch.eye(2), features=lambda z: torch.tensor([[1., 0.]]).expand(len(z), 2)).eval()
     with torch.no_grad(): t.prompts.copy_(torch.stack([-c * t.classifier.u, c * t.classifier.u])[:, None])
     return t
 
@@ -155,12 +155,21 @@ def test_per_prompt_attack_is_at_least_as_strong_as_soft_selection(attack):
     assert res['clean']['ttfp'] == 1.
     assert r['ttfp_per_prompt'] <= r['ttfp_adaptive']                           # at least as strong ...
     assert (r['ttfp_exact'], r['ttfp_adaptive'], r['ttfp_per_prompt'], r['ttfp']) == (1., 1., 0., 0.)   # ... and here strictly
-    assert len(res['reports']['per_prompt']) == 2 and res['reports']['per_prompt'][0].worst_case[r['eps']] == 1.
     assert (t.selection_tau, t.clip_bpda, t.attack_prompt) == (None, False, None)   # restored
     assert 'TTFP per prompt' in ttfp_markdown(res)
-    # the fooling images are judged on TTFP itself: its own (prompt-0) answer is wrong on them
-    rep = res['reports']['per_prompt'][1]
-    assert not any(rep.robust[r['eps']])
+    assert res['reports']['per_prompt'].attacks[0].startswith('ttfp-adaptive(mode=prompts')
+
+def test_ttfp_adaptive_attack_modes():
+    "The registered attack: prompt 0 alone cannot fool the toy, prompt 1 does, and the result is judged on TTFP itself."
+    from mimbench.attacks import run_attack
+    t, x, y = flat_toy(), torch.full((4, 1, 32, 32), 0.5), torch.zeros(4, dtype=torch.long)
+    for mode, fooled in (('soft', False), ('prompts', True)):
+        xa = run_attack('ttfp-adaptive', t, x, y, 8 / 255, mode=mode, attack='pgd', steps=10)
+        assert (xa - x).abs().max() <= 8 / 255 and torch.equal(x, torch.full((4, 1, 32, 32), 0.5))
+        with torch.no_grad(): assert bool((t(xa).argmax(1) != y).all()) == fooled, mode
+    with t.gradients(clip_bpda=True, attack_prompt=0):                          # prompt 0's path alone: nothing to find
+        xa0 = run_attack('pgd', t, x, y, 8 / 255, steps=10)
+    with torch.no_grad(): assert (t(xa0).argmax(1) == y).all()
 
 def test_attack_prompt_keeps_values(quick_model, fmnist_test):
     "With `attack_prompt=k` the forward value is TTFP's own; only the backward path takes prompt k."
