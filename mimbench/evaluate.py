@@ -171,6 +171,7 @@ def _resolve(attacks, attack_kwargs=None):
         resolved.append((label, spec, kw))
     return resolved
 
+# %% ../nbs/06_evaluate.ipynb #324ec80d
 def _check_n(n):
     if n is not None and n < 0: raise ValueError(f"n must be a number of samples ≥ 1 (0 or None: all of them), got {n}.")
     return n
@@ -214,6 +215,7 @@ def tally(clean, fooled:dict, cascade:bool=False) -> tuple:
         acc[label] = (cum if cascade else clean & ~f).float().mean().item()
     return acc, robust.float().mean().item(), robust.int().tolist()
 
+# %% ../nbs/06_evaluate.ipynb #6c34c0df
 def _model_name(model, name=None) -> str:
     cfg = getattr(model, 'config', None)
     return str(name or (f"vit-{cfg['preset']}" if isinstance(cfg, dict) and 'preset' in cfg else type(model).__name__))

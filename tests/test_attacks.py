@@ -7,7 +7,6 @@ from mimbench.attacks import (ATTACKS, perturb, run_attack, lp_norm, predict, fg
                               classifier_loss, huang_l2_eps, pixel_mask, square)
 from torch import nn
 from mimbench.models import create_vit
-import mimbench.adversarial   # registers the adaptive attacks (pgd-mi, pgd-fea): the properties cover every registered attack
 
 FAST = {'bim': dict(steps=3), 'pgd': dict(steps=3), 'mifgsm': dict(steps=3), 'pgd-margin': dict(steps=3),
         'cw-l2': dict(steps=3, binary_search_steps=2), 'apgd-ce': dict(steps=4),
@@ -16,7 +15,8 @@ FAST = {'bim': dict(steps=3), 'pgd': dict(steps=3), 'mifgsm': dict(steps=3), 'pg
         'autoattack': dict(overrides={'apgd-ce': dict(steps=3), 'apgd-t': dict(steps=2, n_target_classes=2),
                                       'fab-t': dict(steps=2, n_target_classes=2), 'square': dict(n_queries=10)}),
         'autoattack-rand': dict(eot=2, overrides={'apgd-ce': dict(steps=2), 'apgd-dlr': dict(steps=2)}),
-        'pgd-mi': dict(steps=3), 'pgd-fea': dict(steps=3)}
+        'pgd-mi': dict(steps=3), 'pgd-fea': dict(steps=3),
+        'ttfp-adaptive': dict(steps=3)}   # on a classifier that is no TTFP it runs its base attack (apgd-ce)
 NAMES = sorted(ATTACKS)
 _models = {}
 
