@@ -39,7 +39,7 @@ SETTINGS = {                                     # tutorial → phrases that hol
     'adpe': [],
 }
 # Notebooks whose prose another owner is cleaning (the offending lines are in /work/requests/): reported, not failed.
-PENDING = {'adpe': 'owned by helper 1; offending lines listed in /work/requests/helper-1.md'}
+PENDING = {}                                     # e.g. {'name': 'owner; offending lines in /work/requests/<owner>.md'}
 
 def prose_sentences(markdown:str) -> list:
     "The sentences of a markdown cell's prose: code blocks, inline code and $math$ removed; table rows count as sentences."
