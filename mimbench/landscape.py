@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from .core import check_images, parse_eps, check_norm
+from .core import check_images, parse_eps, check_norm, model_state
 
 # %% auto #0
 __all__ = ['filter_normalize', 'random_direction', 'adversarial_direction', 'Landscape', 'classification_loss',
@@ -99,16 +99,13 @@ def weight_landscape(model, loss_fn, d1:dict, d2:dict|None=None, alphas=None, be
     if d2 is not None: betas = alphas if betas is None else torch.as_tensor(betas, dtype=torch.float32)
     elif betas is not None: raise ValueError("betas given without a second direction d2.")
     grid = [(a, b) for a in alphas.tolist() for b in (betas.tolist() if d2 is not None else [0.])]
-    was = model.training; model.eval()
     params = dict(model.named_parameters())
     out = []
-    try:
-        with _restored(model) as theta, torch.no_grad():
-            for a, b in tqdm(grid, desc='landscape', disable=not progress, leave=False):
-                for k, d in d1.items():
-                    p = params[k]; p.copy_(theta[k] + a * d.to(p) + (b * d2[k].to(p) if d2 is not None else 0))
-                out.append(float(loss_fn(model)))
-    finally: model.train(was)
+    with model_state(model, training=False), _restored(model) as theta, torch.no_grad():
+        for a, b in tqdm(grid, desc='landscape', disable=not progress, leave=False):
+            for k, d in d1.items():
+                p = params[k]; p.copy_(theta[k] + a * d.to(p) + (b * d2[k].to(p) if d2 is not None else 0))
+            out.append(float(loss_fn(model)))
     loss = torch.tensor(out)
     return Landscape(alphas, loss if d2 is None else loss.view(len(alphas), len(betas)), betas)
 
@@ -117,9 +114,7 @@ def input_directions(model, x, y, norm:str='linf', seed:int=0):
     "Adversarial (gradient sign / normalised gradient) and random directions for each image: two N×C×H×W tensors."
     norm = check_norm(norm)
     x = x.detach().clone().requires_grad_(True)
-    was = model.training; model.eval()
-    try: g, = torch.autograd.grad(F.cross_entropy(model(x), y.to(x.device), reduction='sum'), x)
-    finally: model.train(was)
+    with model_state(model, training=False): g, = torch.autograd.grad(F.cross_entropy(model(x), y.to(x.device), reduction='sum'), x)
     r = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x)
     if norm == 'linf': return g.sign(), r.sign()
     unit = lambda v: v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
@@ -134,15 +129,12 @@ def input_landscape(model, x, y, eps='8/255', norm:str='linf', steps:int=21, two
     with torch.enable_grad(): g, r = input_directions(model, x, y, norm, seed)
     alphas = torch.linspace(-eps, eps, steps)
     betas = alphas if two_d else None
-    was = model.training; model.eval()
-    loss_fn = classification_loss(x, y, batch_size)
     out = []
-    try:
+    with model_state(model, training=False):
         for a in tqdm(alphas.tolist(), desc='input landscape', disable=not progress, leave=False):
             for b in (betas.tolist() if two_d else [0.]):
                 xs = (x + a * g + b * r).clamp(0, 1)
                 out.append(float(classification_loss(xs, y, batch_size)(model)))
-    finally: model.train(was)
     loss = torch.tensor(out)
     return Landscape(alphas, loss.view(steps, steps) if two_d else loss, betas, ('adversarial', 'random'))
 
