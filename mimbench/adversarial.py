@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-from torch import nn
 from fastcore.script import call_parse
 from .core import parse_eps, check_norm, format_eps, model_state
 from .mim import PRETEXTS, Pretext, unwrap, reconstruction_panels
@@ -15,7 +14,7 @@ from .attacks import (ATTACKS, AttackSpec, perturb, classifier_loss, attack_cont
                               fast_model, ce_loss, pixel_mask)
 from .train import FINETUNE_OBJECTIVES
 from .mi import mi_estimate
-from .pretexts import attack_surface, export_encoder, encoder_of
+from .pretexts import attack_surface, export_encoder
 
 # %% auto #0
 __all__ = ['Adversarial', 'MIMIR', 'AdversarialMAE', 'AdversarialRotNet', 'AdversarialBYOL', 'gradient_ascent', 'AdversarialBERT',
@@ -153,6 +152,7 @@ def gradient_ascent(loss_fn, x, alpha:float, steps:int, mask=None, eps:float|Non
             xa = xa.clamp(0, 1)
     return xa.detach(), first
 
+# %% ../nbs/10_adversarial.ipynb #0000fd4c
 @PRETEXTS.register('adv-bert')
 class AdversarialBERT(_Recipe):
     "Adversarial BERT-pretraining (Huang et al. Alg. 1): 4 raw-gradient ascent steps on the visible patches; adversarial batches alternate with MAE batches."
@@ -255,6 +255,9 @@ def pgd_mi(model, x, y, eps, norm='linf', steps:int=100, alpha=None, random_star
         return perturb(loss_fn, x, eps, norm, steps=steps, alpha=eps / 4 if alpha is None else alpha,
                        random_start=random_start, mask=mask, eot=default_eot(model, eot), fast=fast)
 
+ATTACKS['pgd-mi'] = AttackSpec(pgd_mi)
+
+# %% ../nbs/10_adversarial.ipynb #52d94679
 def pgd_fea(model, x, y, eps, norm='linf', steps:int=100, alpha=None, random_start:bool=True, eot=None, seed=0,
             mask=None, fast=False):
     "PGD-fea (MIMIR eq. 19): PGD maximising ‖f(x_adv) − f(x)‖₂ of the backbone features (labels unused)."
@@ -266,7 +269,6 @@ def pgd_fea(model, x, y, eps, norm='linf', steps:int=100, alpha=None, random_sta
         with torch.enable_grad(): return perturb(loss_fn, x, eps, norm, steps=steps, alpha=eps / 4 if alpha is None else alpha,
                        random_start=random_start, mask=mask, eot=default_eot(model, eot), fast=fast)
 
-ATTACKS['pgd-mi'] = AttackSpec(pgd_mi)
 ATTACKS['pgd-fea'] = AttackSpec(pgd_fea)
 
 # %% ../nbs/10_adversarial.ipynb #6d03b267

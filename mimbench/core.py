@@ -45,6 +45,7 @@ def check_images(x, channels:int|None=None, img_size:int|None=None, name='images
             raise ImageError(f"{name} must lie in [0,1], got values in [{lo:.3g}, {hi:.3g}].{hint}")
     return x
 
+# %% ../nbs/00_core.ipynb #8db107b2
 def check_labels(y, x):
     "Labels as an int64 vector with one class index per image of `x` (on `x`'s device), or a `ValueError` saying why not."
     if not isinstance(y, torch.Tensor): y = torch.as_tensor(y)
@@ -126,6 +127,7 @@ def parse_eps(eps, norm:str='linf') -> float:
                          f"Pass '{eps:g}/255'.")
     return eps
 
+# %% ../nbs/00_core.ipynb #48df1710
 def format_eps(eps:float) -> str:
     "A short human string for ε: `8/255` when it is a multiple of 1/255 and that is shorter than the decimal, else the float."
     dec = f"{eps:g}"
@@ -138,6 +140,7 @@ def seed_everything(seed:int=0):
     "Seed Python, NumPy and torch (all devices)."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
+# %% ../nbs/00_core.ipynb #14c9e1f3
 def get_device(device=None) -> torch.device:
     "`device` if given (checked: a CUDA device must exist), else CUDA when available, else MPS, else CPU."
     if device is not None:

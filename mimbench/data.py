@@ -50,6 +50,7 @@ def subset(ds:ImageDataset, n:int, seed:int=0) -> ImageDataset:
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     return ImageDataset(ds.images[idx], ds.targets[idx], ds.classes, f"{ds.name}[{min(n, len(ds))}]")
 
+# %% ../nbs/01_data.ipynb #6704b2f6
 class TensorPair(torch.utils.data.Dataset):
     "An `(images, labels)` pair of tensors (images float in [0,1]) as a dataset with `get_batch`."
     def __init__(self, x:torch.Tensor, y, name:str|None=None):

@@ -11,9 +11,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import check_images, model_state
+from .core import model_state
 from .data import random_resized_crop, random_hflip
-from .models import (MODEL_BUILDERS, MAE, ViT, create_vit, vit_with_new_head, create_mae, random_masking, per_sample_masked_mean,
+from .models import (MODEL_BUILDERS, MAE, ViT, create_vit, vit_with_new_head, random_masking, per_sample_masked_mean,
                              load_model, save_model)
 from .mim import PRETEXTS, Pretext, MAEPretext, unwrap
 
@@ -32,6 +32,7 @@ class AttackSurface:
     info: dict = field(default_factory=dict)         # the drawn randomness (mask noise, rotations, …)
     scale: float = 1.                                # training loss = scale × mean of the per-sample loss
 
+# %% ../nbs/08_pretexts.ipynb #645705ff
 @contextmanager
 def capture(module:nn.Module):
     "Within the block, the outputs of `module`'s forward calls are appended to the yielded list."
@@ -40,6 +41,7 @@ def capture(module:nn.Module):
     try: yield out
     finally: h.remove()
 
+# %% ../nbs/08_pretexts.ipynb #5b477b96
 SURFACES = {}   # pretext class → function(pretext, model, x) -> AttackSurface, for classes that do not define `attack_surface`
 
 def attack_surface(pretext, model, x) -> AttackSurface:
@@ -59,6 +61,7 @@ def mask_from_noise(noise, mask_ratio:float):
     "The MAE mask (N×L, 1 = masked) that `random_masking` draws from `noise`."
     return random_masking(noise.new_zeros(*noise.shape, 1), mask_ratio, noise)[1]
 
+# %% ../nbs/08_pretexts.ipynb #9a9a3e31
 def _mae_surface(pretext, model, x):
     m = unwrap(model)
     noise = torch.rand(len(x), m.encoder.num_patches, device=x.device)
@@ -85,6 +88,7 @@ def rotate(x, k):
     for r in (1, 2, 3): out = torch.where((k == r).view(-1, 1, 1, 1), torch.rot90(x, r, (2, 3)), out)
     return out
 
+# %% ../nbs/08_pretexts.ipynb #5de54b03
 @PRETEXTS.register('rotnet')
 class RotNetPretext(Pretext):
     "Rotation prediction (Gidaris et al. 2018): 4-way classification of 0/90/180/270° rotations."
@@ -163,6 +167,7 @@ def create_byol(encoder:dict, hidden:int=512, dim_out:int=128, kind='byol'):
     net.config = dict(kind='byol', encoder=enc.config, hidden=hidden, dim_out=dim_out)
     return net
 
+# %% ../nbs/08_pretexts.ipynb #4b5e17d3
 def byol_views(x):
     "Two random views: resized crop (scale 0.2–1), flip, brightness/contrast jitter (global RNG)."
     def view(x):
@@ -178,6 +183,7 @@ def cosine_loss(q, z):
     "Per-sample BYOL loss 2 − 2·cos(q, z)."
     return 2 - 2 * F.cosine_similarity(q.float(), z.float(), dim=-1)
 
+# %% ../nbs/08_pretexts.ipynb #2be8dc19
 @PRETEXTS.register('byol')
 class BYOLPretext(Pretext):
     "BYOL (Grill et al. 2020): predict the EMA target's projection of another view; symmetrised cosine loss."
@@ -228,6 +234,7 @@ def classifier_from(model, num_classes:int=10, global_pool:str|None=None, drop_p
     if hasattr(model, 'to_classifier'): return model.to_classifier(num_classes, global_pool, drop_path_rate)
     return vit_with_new_head(encoder_of(model), num_classes, global_pool, drop_path_rate)
 
+# %% ../nbs/08_pretexts.ipynb #a9b4066e
 MODEL_BUILDERS['byol'] = create_byol     # `load_model` / `--init` rebuild BYOL checkpoints in a fresh process
 
 def export_encoder(path_or_model, out, num_classes:int=10, global_pool:str|None=None):
@@ -256,6 +263,7 @@ def perceptual_distance(teacher:ViT, recon, target, blocks, token_mask):
         total = total + per_sample_masked_mean(d, token_mask)
     return total
 
+# %% ../nbs/08_pretexts.ipynb #9f85fa56
 @PRETEXTS.register('perceptual-mae')
 class PerceptualMAEPretext(MAEPretext):
     "MAE + λ·multi-block perceptual loss of a frozen ViT on the masked region (Huang et al., supplementary)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #f96a2437
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, json, math, numbers, os, re, time, uuid, warnings
+import contextlib, hashlib, json, math, numbers, os, re, time, uuid, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -17,15 +17,15 @@ from tqdm.auto import tqdm
 from .core import (Registry, atomic_write, config_dict, config_hash, get_device, seed_everything, write_json,
                            code_version, code_changes, module_closure, check_passes, model_state)
 from .data import get_dataset, load_batch, subset, as_dataset, AUGMENTATIONS
-from .models import (CheckpointError, build_model, load_model, load_weights, save_model, create_vit,
+from .models import (CheckpointError, load_model, load_weights, save_model, create_vit,
                              vit_with_new_head)
 from .mim import PRETEXTS, unwrap
 
 # %% auto #0
 __all__ = ['NOT_HASHED', 'FINETUNE_OBJECTIVES', 'STALE_POLICIES', 'TrainConfig', 'init_key', 'run_hash', 'run_dir',
            'CrossEntropy', 'layer_id', 'param_groups', 'lr_at', 'epoch_batches', 'step_seed', 'save_checkpoint',
-           'load_checkpoint', 'Run', 'read_metrics', 'load_init', 'build_run', 'train_data', 'StaleRunError',
-           'run_code', 'stale_reasons', 'set_aside', 'adopt_run', 'run_lock', 'train', 'accuracy', 'plot_curves']
+           'load_checkpoint', 'accuracy', 'Run', 'read_metrics', 'load_init', 'build_run', 'train_data',
+           'StaleRunError', 'run_code', 'stale_reasons', 'set_aside', 'adopt_run', 'run_lock', 'train', 'plot_curves']
 
 # %% ../nbs/04_train.ipynb #1c77ad31
 @dataclass
@@ -195,6 +195,25 @@ def load_checkpoint(path, model, optimizer):
     sd = optimizer.state_dict()
     optimizer.load_state_dict({'state': state, 'param_groups': sd['param_groups']})
     return int(meta['step']), meta.get('pending_metrics', [])
+
+# %% ../nbs/04_train.ipynb #afca7077
+@torch.no_grad()
+def accuracy(model, data, n=None, batch_size=500, passes=1, device=None, split='test', flags=False):
+    "Top-1 accuracy of `model` on the first `n` images of `data`; an image counts if all `passes` passes are right. `flags`: the per-image bool tensor."
+    if isinstance(data, TrainConfig):
+        data = get_dataset(data.dataset, split, root=data.data_root, img_size=data.img_size, channels=data.channels)
+    ds, passes = as_dataset(data), check_passes(passes)
+    device = device or next((p.device for p in model.parameters()), 'cpu')
+    n = min(n or len(ds), len(ds)); ok = []
+    with model_state(model, training=False):
+        for i in range(0, n, batch_size):
+            x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
+            x, y = x.to(device), torch.as_tensor(y).to(device)
+            hit = torch.ones(len(x), dtype=torch.bool, device=device)
+            for _ in range(passes): hit &= model(x).argmax(1) == y
+            ok.append(hit.cpu())
+    ok = torch.cat(ok)
+    return ok if flags else ok.sum().item() / n
 
 # %% ../nbs/04_train.ipynb #6087d38d
 @dataclass
@@ -430,25 +449,6 @@ def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
         write_json(d / 'result.json', result)
     if world > 1: dist.barrier()
     return Run(d, cfg, result)
-
-# %% ../nbs/04_train.ipynb #afca7077
-@torch.no_grad()
-def accuracy(model, data, n=None, batch_size=500, passes=1, device=None, split='test', flags=False):
-    "Top-1 accuracy of `model` on the first `n` images of `data`; an image counts if all `passes` passes are right. `flags`: the per-image bool tensor."
-    if isinstance(data, TrainConfig):
-        data = get_dataset(data.dataset, split, root=data.data_root, img_size=data.img_size, channels=data.channels)
-    ds, passes = as_dataset(data), check_passes(passes)
-    device = device or next((p.device for p in model.parameters()), 'cpu')
-    n = min(n or len(ds), len(ds)); ok = []
-    with model_state(model, training=False):
-        for i in range(0, n, batch_size):
-            x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
-            x, y = x.to(device), torch.as_tensor(y).to(device)
-            hit = torch.ones(len(x), dtype=torch.bool, device=device)
-            for _ in range(passes): hit &= model(x).argmax(1) == y
-            ok.append(hit.cpu())
-    ok = torch.cat(ok)
-    return ok if flags else ok.sum().item() / n
 
 # %% ../nbs/04_train.ipynb #646e85c5
 def plot_curves(dirs, path=None, keys=('loss',)):
