@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import check_images, write_json
+from .core import check_images, model_state, write_json
 from .models import MAE, load_model
-from .mim import add_noise, unchecked_inputs
+from .data import as_dataset, load_batch
+from .mim import add_noise
 from .train import FINETUNE_OBJECTIVES, load_init
 
 # %% auto #0
@@ -31,7 +32,7 @@ def check_denoiser(model):
 
 def reconstruct(denoiser:MAE, x_in, mask_ratio:float=0., noise=None):
     "Pixel reconstruction (N×C×H×W in [0,1]) of a possibly noisy input; differentiable end to end."
-    with unchecked_inputs(denoiser):
+    with model_state(denoiser, check_inputs=False):
         latent, mask, ids_restore = denoiser.forward_encoder(x_in, mask_ratio, noise)
         pred = denoiser.forward_decoder(latent, ids_restore)
     return denoiser.unpatchify(pred).clamp(0, 1), mask
@@ -122,15 +123,14 @@ def sigma_sweep(defense, data, sigmas=range(0, 161, 10), attacks=('apgd-ce', 'ap
                 cache_dir='runs/sweeps', progress:bool=True, refresh:bool=False, sanity:bool=True) -> dict:
     "Clean/robust accuracy, reconstruction PSNR and cost of `defense` for each σ; cached on disk."
     from mimbench.evaluate import robust_accuracy
-    from mimbench.data import load_batch
-    data_name = getattr(data, 'name', type(data).__name__)
+    data_name = getattr(data, 'name', type(data).__name__)             # of `data` as given: the cache key stays the same
     key, spec = _sweep_key(defense, data_name, n, sigmas, attacks, eps, norm, passes, attack_kwargs, seed, sanity)
     path = Path(cache_dir) / f"sigma-sweep-{key}.json"
     if path.exists() and not refresh: return json.loads(path.read_text())
     old_sigma, rows = defense.sigma, []
     device = next(defense.parameters()).device
-    x, _ = load_batch(data, torch.arange(min(n, len(data)))) if not isinstance(data, (tuple, list)) else data
-    x = x[:n].to(device)
+    ds = as_dataset(data)
+    x = load_batch(ds, torch.arange(min(n, len(ds))))[0].to(device)
     try:
         for s in sigmas:
             defense.sigma = float(s)
