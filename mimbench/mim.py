@@ -12,7 +12,7 @@ from .models import MAE, create_mae
 
 # %% auto #0
 __all__ = ['PRETEXTS', 'Pretext', 'unwrap', 'reconstruction_panels', 'MAEPretext', 'plot_reconstructions', 'SigmaDistribution',
-           'add_noise', 'unchecked_inputs', 'NIMPretext']
+           'add_noise', 'NIMPretext']
 
 # %% ../nbs/03_mim.ipynb #e3ff3f0b
 PRETEXTS = Registry('pretext')
@@ -124,11 +124,6 @@ def add_noise(x, sigma):
     "x + σ/255·ε with ε ~ N(0, I); `sigma` a number or a per-sample tensor on the 0–255 scale. Not clipped."
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, *[1] * (x.ndim - 1))
     return x + sigma / 255 * torch.randn_like(x)
-
-# %% ../nbs/03_mim.ipynb #af42b821
-def unchecked_inputs(model):
-    "Deprecated: `core.model_state(model, check_inputs=False)`; kept until 07_defenses and 13_attention use it."
-    return model_state(model, check_inputs=False)
 
 # %% ../nbs/03_mim.ipynb #67434c03
 @PRETEXTS.register('nim')
