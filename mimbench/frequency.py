@@ -25,6 +25,7 @@ def ifft2c(X):
     "Inverse of `fft2c` (complex; take `.real` for images whose spectrum is conjugate-symmetric)."
     return torch.fft.ifft2(torch.fft.ifftshift(X, dim=(-2, -1)), norm='ortho')
 
+# %% ../nbs/12_frequency.ipynb #6e7da4ce
 def frequency_grid(h:int, w:int, device=None):
     "Integer frequency offsets `(fy, fx)` of every bin of the centred h×w spectrum and their radius, each h×w."
     fy = torch.fft.fftshift(torch.fft.fftfreq(h, 1 / h, device=device))
@@ -92,6 +93,7 @@ def predict_batched(model, x, batch_size:int=500):
     dev = model_device(model)
     return torch.cat([model(c.to(dev)).argmax(1).cpu() for c in x.split(batch_size)])
 
+# %% ../nbs/12_frequency.ipynb #ad31e089
 @torch.no_grad()
 def filtered_accuracy(model, data, kind:str='low', cutoffs=None, n:int|None=1000, batch_size:int=500,
                       keep_dc:bool=True, clip:bool=True, progress:bool=False) -> dict:
@@ -132,6 +134,7 @@ def _canonical(fy, fx, h, w):
     a, b = (fy % h, fx % w), ((-fy) % h, (-fx) % w)
     return min(a, b)
 
+# %% ../nbs/12_frequency.ipynb #b0bdb244
 @torch.no_grad()
 def fourier_heatmap(model, data, eps:float=4., n:int|None=100, max_freq:int|None=None, batch_size:int=1000,
                     seed:int=0, progress:bool=True) -> torch.Tensor:
