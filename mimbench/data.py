@@ -246,6 +246,7 @@ def cifar10_sample(split='test', root=None, img_size=32, channels=3):
     labels = torch.tensor([int(p.stem.split('_')[-1]) for p in paths])
     return ImageDataset(to_uint8_images(_read_pngs(paths), img_size, channels), labels, CIFAR10_CLASSES, 'cifar10-sample')
 
+# %% ../nbs/01_data.ipynb #dda4b01d
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 @_register('imagefolder', 'any folder-per-class tree: imagefolder:<path> (loaded into memory at img_size)')
