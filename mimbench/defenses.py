@@ -53,6 +53,10 @@ class De3(nn.Module):
         self._sigma = value
     @property
     def is_randomized(self): return self.sigma > 0
+    @property
+    def in_chans(self) -> int: return self.classifier.in_chans        # the images it takes: the classifier's
+    @property
+    def img_size(self) -> int: return self.classifier.img_size
 
     def denoise(self, x):
         "The reconstruction the classifier sees (random for σ > 0)."
@@ -70,6 +74,10 @@ class MAEDemasking(nn.Module):
     def __init__(self, mae:MAE, classifier:nn.Module, mask_ratio:float=0.75):
         super().__init__()
         self.denoiser, self.classifier, self.mask_ratio = check_denoiser(mae), classifier, mask_ratio
+    @property
+    def in_chans(self) -> int: return self.classifier.in_chans
+    @property
+    def img_size(self) -> int: return self.classifier.img_size
     def denoise(self, x):
         recon, mask = reconstruct(self.denoiser, x, self.mask_ratio)
         p = self.denoiser.patch_size

@@ -20,9 +20,9 @@ from .train import epoch_batches, init_key, lr_at, param_groups
 from .frequency import fft2c, ifft2c, band_mask, first_samples, model_device
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'ADAPTIVE_MODES', 'kmeans', 'pre_logits', 'features_of', 'TTFP', 'ttfp_from_config', 'build_ttfp',
-           'PromptObjective', 'train_prompts', 'save_ttfp', 'load_ttfp', 'ttfp_adaptive', 'evaluate_ttfp',
-           'ttfp_markdown', 'ttfp_dir', 'cli_ttfp']
+__all__ = ['OBJECTIVES', 'ADAPTIVE_MODES', 'FIT_DEFAULTS', 'kmeans', 'pre_logits', 'features_of', 'TTFP', 'ttfp_from_config',
+           'build_ttfp', 'PromptObjective', 'train_prompts', 'save_ttfp', 'load_ttfp', 'ttfp_adaptive', 'evaluate_ttfp',
+           'ttfp_markdown', 'ttfp_dir', 'fit_ttfp', 'cli_ttfp']
 
 # %% ../nbs/12b_ttfp.ipynb #271fbff1
 def kmeans(x, k:int, iters:int=50, seed:int=0, tol:float=1e-6):
@@ -312,6 +312,22 @@ def _band(s:str) -> tuple:
     return f(lo), f(hi)
 
 # %% ../nbs/12b_ttfp.ipynb #c0082498
+FIT_DEFAULTS = dict(k=10, band=None, prompt_rms=16 / 255, objective='mixed', train_eps='8/255', norm='linf', steps=3,
+                    epochs=1, n_train=5000, batch_size=128, lr=1e-2, seed=0)
+
+def fit_ttfp(classifier, data, settings:dict, out='runs/ttfp', progress:bool=True):
+    "`(ttfp, directory, history)`: the TTFP of `settings` (with `classifier` path and `dataset`) trained on `data`, cached."
+    s = {**FIT_DEFAULTS, **settings}
+    d = ttfp_dir(s, out); path = d / 'model.safetensors'
+    if path.exists(): return load_ttfp(path, classifier), d, read_checkpoint(path)[1].get('history')
+    t0 = time.time()
+    t = build_ttfp(classifier, data, s['k'], s['band'], s['prompt_rms'], n=s['n_train'], seed=s['seed'])
+    history = train_prompts(t, data, s['epochs'], batch_size=s['batch_size'], lr=s['lr'], objective=s['objective'],
+                            eps=s['train_eps'], norm=s['norm'], steps=s['steps'], seed=s['seed'], progress=progress)
+    save_ttfp(path, t, settings=s, history=history, train_seconds=round(time.time() - t0, 1))
+    return t, d, history
+
+# %% ../nbs/12b_ttfp.ipynb #cd1b8afe
 @call_parse
 def cli_ttfp(classifier:str,                 # classifier run directory or .safetensors checkpoint
              k:int=10,                       # number of prototypes (K-means clusters)
@@ -346,18 +362,13 @@ def cli_ttfp(classifier:str,                 # classifier run directory or .safe
     train_ds = subset(get_dataset(dataset, 'train', **kw), n_train, seed=seed)
     test_ds = get_dataset(dataset, 'test', **kw)
     lo, hi = _band(band)
-    settings = dict(classifier=str(Path(ckpt).resolve()), k=k, band=[lo, hi], prompt_rms=parse_eps(prompt_rms), objective=objective,
-                    train_eps=train_eps, steps=steps, epochs=epochs, n_train=n_train, batch_size=batch_size, lr=lr, dataset=dataset, seed=seed)
-    d = ttfp_dir(settings, out); path = d / 'model.safetensors'
-    if path.exists():
-        ttfp = load_ttfp(path, model); history = json.loads((d / 'ttfp.json').read_text()).get('history') if (d / 'ttfp.json').exists() else None
-        print(f"loaded trained prompts from {path}")
-    else:
-        t0 = time.time()
-        ttfp = build_ttfp(model, train_ds, k, (lo, hi), settings['prompt_rms'], n=n_train, seed=seed)
-        history = train_prompts(ttfp, train_ds, epochs, batch_size=batch_size, lr=lr, objective=objective, eps=train_eps,
-                                norm=norm, steps=steps, seed=seed, progress=not no_progress)
-        save_ttfp(path, ttfp, settings=settings, train_seconds=round(time.time() - t0, 1))
+    settings = {**FIT_DEFAULTS, **dict(classifier=str(Path(ckpt).resolve()), k=k, band=[lo, hi], prompt_rms=parse_eps(prompt_rms),
+                objective=objective, train_eps=train_eps, norm=norm, steps=steps, epochs=epochs, n_train=n_train,
+                batch_size=batch_size, lr=lr, dataset=dataset, seed=seed)}
+    cached = (ttfp_dir(settings, out) / 'model.safetensors').exists()
+    ttfp, d, history = fit_ttfp(model, train_ds, settings, out, progress=not no_progress)
+    if cached: print(f"loaded trained prompts from {d / 'model.safetensors'}")
+    path = d / 'model.safetensors'
     res = evaluate_ttfp(ttfp, test_ds, [a.strip() for a in attacks.split(',') if a.strip()], eps, norm, n,
                         adaptive_tau=adaptive_tau or None, seed=seed, progress=not no_progress, per_prompt=per_prompt)
     md = ttfp_markdown(res)

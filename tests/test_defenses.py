@@ -96,3 +96,10 @@ def test_cli_pretrain_nim_and_sweep(tmp_path, trained):
                         '--n', '16', '--passes', '2', '--out', str(tmp_path), '--no-progress'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert '| 60 |' in r.stdout and list(tmp_path.glob('*.png'))
+
+def test_defences_report_their_input_shape():
+    "De³ and MAE de-masking take the classifier's images: loaders ask them for in_chans/img_size (a 1-channel model got 3)."
+    from mimbench.models import create_mae, create_vit
+    from mimbench.defenses import De3, MAEDemasking
+    nim, clf = create_mae('micro', in_chans=1, norm_pix_loss=False), create_vit('micro', in_chans=1)
+    for d in (De3(nim, clf), MAEDemasking(nim, clf)): assert (d.in_chans, d.img_size) == (1, 32)
