@@ -14,12 +14,13 @@ from .core import Registry, format_eps, parse_eps, check_norm
 from .results import SCALES, PROTOCOLS, mcnemar, wilson_interval, unpack_flags
 
 # %% auto #0
-__all__ = ['GRIDS', 'NATIVE', 'EVALUATION_KINDS', 'EVALUATORS', 'Arm', 'Evaluation', 'Comparison', 'PaperSetting', 'Grid',
-           'ttfp_adaptive', 'paper_table', 'native_geometry', 'Resolved', 'resolve_scale', 'Planned', 'plan',
-           'resolve_eps', 'metric_name', 'check_attack', 'check_data', 'check_evaluation', 'dry_run', 'compare_records',
-           'verdict', 'evaluation_protocol', 'results_folder', 'eval_attack', 'eval_shift', 'eval_probe', 'GridJob',
-           'grid_jobs', 'arm_model', 'ttfp_model', 'records_of', 'comparison_rows', 'report_markdown',
-           'plot_comparisons', 'Reproduction', 'reproduce', 'plan_summary', 'cli_reproduce']
+__all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDGETS', 'EVALUATORS', 'Arm', 'Evaluation',
+           'Comparison', 'PaperSetting', 'Grid', 'ttfp_adaptive', 'paper_table', 'native_geometry', 'Resolved',
+           'resolve_scale', 'Planned', 'plan', 'resolve_eps', 'metric_name', 'budget_kwargs', 'check_attack',
+           'check_data', 'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol',
+           'results_folder', 'eval_attack', 'eval_shift', 'eval_probe', 'GridJob', 'grid_jobs', 'arm_model',
+           'ttfp_model', 'records_of', 'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction',
+           'current_records', 'write_report', 'reproduce', 'plan_summary', 'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -485,19 +486,23 @@ def metric_name(grid:Grid, comparison:Comparison, shape, which:str='a') -> str:
     return f"robust@{format_eps(resolve_eps(m.split('@', 1)[1], ev.norm, shape))}"
 
 # %% ../nbs/18_reproduce.ipynb #fc0d21a2
-def _minimal_attack_kwargs(name:str, settings:dict) -> dict:
-    "The attack's own settings with the fewest steps/queries that still exercise it."
-    from mimbench.attacks import ATTACKS
+MINIMAL_BUDGET = dict(steps=1, n_queries=2, restarts=1, eot=1, binary_search_steps=1, n_target_classes=2)
+
+def budget_kwargs(name:str, settings:dict, budget:dict) -> dict:
+    "The attack's settings with every budget setting it takes capped at `budget` (AutoAttack: each of its attacks too)."
+    import inspect
+    from mimbench.attacks import AUTOATTACK_VERSIONS
     spec = ATTACKS[name]
-    ok = spec.settings()
-    kw = dict(settings)
-    for k, v in (('steps', 1), ('n_queries', 2), ('restarts', 1), ('eot', 1), ('binary_search_steps', 1), ('n_target_classes', 2)):
-        if ok is not None and k in ok: kw[k] = v
+    ok, kw = spec.settings(), dict(settings)
+    default = {**{p.name: p.default for p in inspect.signature(spec.fn).parameters.values() if p.default is not p.empty}, **spec.defaults}
+    for k, v in budget.items():                  # an attack taking **kw (ttfp-adaptive) is capped on what it is given
+        if k in kw or (ok is not None and k in ok):
+            cur = kw.get(k, default.get(k))
+            if cur is None or cur > v: kw[k] = v
     if name.startswith('autoattack'):
-        from mimbench.attacks import AUTOATTACK_VERSIONS
-        version = kw.get('version', spec.defaults.get('version', 'standard'))
-        kw = {'overrides': {a: {k: v for k, v in (('steps', 1), ('n_queries', 2), ('eot', 1)) if k in (ATTACKS[a].settings() or [])}
-                            for a, _ in AUTOATTACK_VERSIONS[version]}}
+        version, over = kw.get('version', spec.defaults.get('version', 'standard')), kw.get('overrides') or {}
+        kw['overrides'] = {a: {**{k: v for k, v in budget_kwargs(a, d, budget).items() if d.get(k) != v}, **over.get(a, {})}
+                           for a, d in AUTOATTACK_VERSIONS[version]}
     return kw
 
 def check_attack(attack, eps, norm:str, x, y, model) -> list:
@@ -514,7 +519,7 @@ def check_attack(attack, eps, norm:str, x, y, model) -> list:
         e = resolve_eps(eps, norm, x.shape)
         if check_norm(norm) not in spec.norms: return [f"{name} is defined for {spec.norms}, not {norm!r}"]
         spec.check_settings(settings, name)
-        x_adv = spec(model, x, y, e, norm, **_minimal_attack_kwargs(name, settings))
+        x_adv = spec(model, x, y, e, norm, **budget_kwargs(name, settings, MINIMAL_BUDGET))
     except Exception as ex: return [f"{name} at ε {eps} ({norm}): {type(ex).__name__}: {ex}"]
     if x_adv.shape != x.shape: return [f"{name}: output shape {tuple(x_adv.shape)} ≠ input {tuple(x.shape)}"]
     d = lp_norm((x_adv - x).flatten(1), norm) if check_norm(norm) == 'l2' else (x_adv - x).abs().flatten(1).amax(1)
@@ -709,11 +714,15 @@ def verdict(records_a:list, records_b:list, metric:str, metric_b:str|None=None, 
 # %% ../nbs/18_reproduce.ipynb #1477ea15
 from .results import Protocol, ResultRecord, load_records, make_record, describe_run, sample_digest, evaluate_protocol
 
+ATTACK_BUDGETS = {'micro': dict(steps=10, n_queries=100, restarts=1, eot=2, binary_search_steps=2, n_target_classes=2)}
+
 def evaluation_protocol(grid:Grid, ev:Evaluation, r:Resolved, shape, n_test:int) -> Protocol:
     "The results `Protocol` of one evaluation of `grid` at the resolved scale: ε in pixels for images of `shape`, its n."
     corr = PROTOCOLS['clean-ft'].corruptions if ev.corruptions == 'all' else ev.corruptions   # names: a stable hash
+    attacks = [(a, {}) if isinstance(a, str) else (a[0], dict(a[1])) for a in ev.attacks]
+    if r.scale in ATTACK_BUDGETS: attacks = [(a, budget_kwargs(a, kw, ATTACK_BUDGETS[r.scale])) for a, kw in attacks]
     return Protocol(f"{grid.paper}.{ev.name}", ev.note or ev.name, finetune=dict(r.finetune),
-                    attacks=tuple(a if isinstance(a, str) else (a[0], dict(a[1])) for a in ev.attacks),
+                    attacks=tuple(a if not kw else (a, kw) for a, kw in attacks),
                     eps=tuple(resolve_eps(e, ev.norm, shape) for e in ev.eps), norm=ev.norm,
                     n=min(ev.n or r.n or n_test, n_test), passes=(ev.passes,), corruptions=corr)
 
@@ -886,6 +895,9 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
              f"n = {r.n or 'the whole test split'}, {r.seeds} seed(s) for the baseline, controls and headline arms. "
              f"{len(records)} records; code {prov.get('code_digest')}, commit {str(prov.get('commit'))[:10]}"
              f"{' (dirty)' if prov.get('dirty') else ''}, {prov.get('device')}.", '']
+    if r.scale in ATTACK_BUDGETS:
+        lines += [f"> Attack budgets capped at {r.scale} scale ({', '.join(f'{k} ≤ {v}' for k, v in ATTACK_BUDGETS[r.scale].items())}): "
+                  "a smoke test of the pipeline, not the papers' attack strength.", '']
     if status: lines += [f"> **{status}**", '']
     lines += ['## Headline comparisons', '',
               "Paper: the paper's numbers (%, its own dataset and model — see the source). Ours: mean over seeds, [95 % Wilson "
@@ -966,6 +978,25 @@ def _eta(seconds:dict, left:dict) -> str:
     unknown = [k for k, n in left.items() if n and not seconds.get(k)]
     return f"time left ≈ {known / 60:.1f} min" + (f" + not yet timed: {', '.join(unknown)}" if unknown else '')
 
+def current_records(folder, protocols:dict) -> dict:
+    "(evaluation, arm, seed, run dir) → the records under `folder` whose protocol settings and code are still current."
+    found = {}
+    for rec in load_records(folder):
+        ev = rec.protocol['name'].split('.', 1)[-1]
+        if ev in protocols and rec.protocol['hash'] == protocols[ev].settings_hash() and not rec.is_stale():
+            for run in rec.evaluated.get('runs', []): found.setdefault((ev, rec.method, rec.seed, run.get('dir')), []).append(rec)
+    return found
+
+def write_report(paper:str, folder, records:list, rows:list, r:Resolved, status:str='') -> tuple:
+    "`report.md` and `comparisons.png` in `folder` (written atomically); their paths."
+    import matplotlib.pyplot as plt
+    from mimbench.core import atomic_write
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    report = Path(atomic_write(folder / 'report.md', lambda p: p.write_text(report_markdown(paper, records, rows, r, status))))
+    figure = folder / 'comparisons.png'
+    plt.close(plot_comparisons(rows, figure))
+    return report, figure
+
 def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
               results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print) -> Reproduction:
     "Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report."
@@ -980,11 +1011,7 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     shape = (r.data['channels'], r.data['img_size'], r.data['img_size'])
     protocols = {e.name: evaluation_protocol(g, e, r, shape, len(test)) for e in g.evaluations}
     jobs = grid_jobs(paper, scale, dataset, root, channels, out, seeds)
-    found = {}                                           # (evaluation, arm, seed, run dir) → current records
-    for rec in load_records(folder):
-        ev = rec.protocol['name'].split('.', 1)[-1]
-        if ev in protocols and rec.protocol['hash'] == protocols[ev].settings_hash() and not rec.is_stale():
-            for run in rec.evaluated.get('runs', []): found.setdefault((ev, rec.method, rec.seed, run.get('dir')), []).append(rec)
+    found = current_records(folder, protocols)
     todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in jobs]
     done = lambda j: all((run_dir(c) / 'result.json').exists() for c in (j.planned.pretrain, j.planned.finetune) if c is not None)
     todo = [(j, evs) for j, evs in todo if evs or not done(j)]       # an arm that is only a tool of another: trained only
@@ -1018,15 +1045,10 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     records = list({id(x): x for k, v in found.items() if k in keep for x in v}.values())
     rows = comparison_rows(paper, records, shape)
     status = '' if complete else f"Incomplete: stopped after {max_minutes:g} minutes; run the same command again to go on."
-    folder.mkdir(parents=True, exist_ok=True)
-    from mimbench.core import atomic_write
-    report = atomic_write(folder / 'report.md', lambda p: p.write_text(report_markdown(paper, records, rows, r, status)))
-    import matplotlib.pyplot as plt
-    figure = folder / 'comparisons.png'
-    plt.close(plot_comparisons(rows, figure))
+    report, figure = write_report(paper, folder, records, rows, r, status)
     secs = {k: [round(s, 1) for s in v] for k, v in seconds.items()} | {'wall': round(time.time() - t_start, 1)}
     log(f"{paper} @ {scale}: {len(made)} records made, {len(trained)} runs trained in {secs['wall']:.0f}s; report {report}")
-    return Reproduction(paper, scale, folder, records, rows, Path(report), figure, trained, made, complete, secs)
+    return Reproduction(paper, scale, folder, records, rows, report, figure, trained, made, complete, secs)
 
 # %% ../nbs/18_reproduce.ipynb #724705a7
 def plan_summary(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None) -> str:
