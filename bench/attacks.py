@@ -17,13 +17,15 @@ step counts (its defaults are 10), end to end, plus APGD-CE-100 alone on the sam
 robust accuracy of both and the model forwards each spent (in clean forwards of the batch, split by attack with
 `--profile`). `--save` writes bench/results/attacks-<device>.json for the README's speed table.
 
-Where AutoAttack's time goes (profile of 2026-11-29, `--aa-n 500 --aa-eps 2/255 --profile`, quick classifier: clean
-81.2 %, robust 71.4 % for both libraries): image forwards per image of the batch — APGD-CE 82, APGD-T 657, FAB-T 1306
-(643 with autograd), Square 3571, bookkeeping 4 — against torchattacks' 83 / 657 / 1305 / 3572 / 3: the same work,
-forward for forward. Square (5000 queries on the ~71 % still standing) and FAB-T (torchattacks' own FAB in both) are
-~85 % of it and identical by construction, so AutoAttack can only get ahead through the APGD stages: there, points
-already misclassified keep being iterated for all 100 steps in both libraries, and mimbench's standalone `apgd` also
-attacks points that were misclassified from the start (101 vs 83 forwards per image for APGD-CE).
+Where AutoAttack's time goes (`--aa-n 500 --aa-eps 2/255 --aa-chunks 5 --profile`, fine-tuned micro ViT: clean 81.2 %,
+robust 71.4 % for both libraries): image forwards per image — APGD-CE 83, APGD-T 657, FAB-T 1306 (643 with autograd),
+Square 3571, bookkeeping 4 — against torchattacks' 83 / 657 / 1305 / 3572 / 3: the same work, forward for forward, because
+both already pass only the still-robust points to each later attack and each target class. Square and FAB-T (torchattacks'
+own FAB in both) are ~85 % of it. What mimbench saves: the adapter runs FAB with frozen weights (torchattacks' FAB
+backpropagates into every parameter), standalone APGD skips points a deterministic model already misclassifies (101 → 83
+forwards per image), and Square's bookkeeping is a little lighter. A larger lead would need less work than the algorithm
+prescribes (e.g. a FAB whose per-step check forward could be shared with the next gradient — tried: FAB ends almost every
+step on the adversarial side and steps back, so the iterate changes and nothing can be shared).
 """
 import argparse, contextlib, time
 import torch
