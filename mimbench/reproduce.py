@@ -821,8 +821,6 @@ def arm_model(job:GridJob):
     if a.defense in ('de3', 'demask'):
         den = args.pop('denoiser')
         model = build_defense(a.defense, den, ft_dir, sigma=args.get('sigma', 70.), mask_ratio=args.get('mask_ratio', 0.75))
-        ft = job.planned.finetune     # the harness reads the input geometry from these (De³/de-masking do not expose it)
-        model.in_chans, model.img_size = ft.channels, ft.img_size
         model.eval()
         return model, {'runs': [describe_run(den), describe_run(ft_dir)], 'defense': a.defense, **args}
     if a.defense == 'ttfp': return ttfp_model(job.planned.finetune, args), {'runs': [describe_run(ft_dir)], 'defense': 'ttfp', **args}

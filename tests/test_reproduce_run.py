@@ -102,9 +102,8 @@ def test_evaluation_kinds(paper, arms, evaluation, tmp_path, monkeypatch):
         assert list((tmp_path / 'runs' / 'ttfp').glob('*/model.safetensors'))            # prompts cached beside the runs
     assert '**' in res.report.read_text()
 
-@pytest.mark.slow
 def test_reproduce_mimir_micro(tmp_path):
-    "The cheapest whole grid (MIMIR, 6 arms, 5 evaluations; ~80 s on one core): a record per (arm, evaluation), verdicts."
+    "The cheapest whole grid (MIMIR: 6 arms, 5 evaluations, 11 runs; ~50 s on one core): a record per (arm, evaluation), verdicts."
     res = reproduce('mimir', 'micro', out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), log=lambda *a: None)
     g = GRIDS['mimir']
     want = {(e.name, a.name) for e in g.evaluations for a in g.arms if e.arms is None or a.name in e.arms}
