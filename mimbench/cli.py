@@ -168,7 +168,7 @@ def info_text(out='runs') -> str:
     lines.append(f"corruptions (severity 1–5): {', '.join(reg['corruption'])}")
     runs = sorted(Path(out).glob('*/config.json')) if Path(out).exists() else []
     lines.append(f"runs in {out}/: {len(runs)}")
-    if runs: from mimbench.train import stale_reasons      # reads code versions: imports torch, only when there are runs
+    from mimbench.codever import stale_reasons               # source digests and JSON only: no torch
     for c in runs:
         res = c.parent / 'result.json'
         state = json.loads(res.read_text()) if res.exists() else 'unfinished (re-run its command to resume)'

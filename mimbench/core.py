@@ -15,9 +15,8 @@ from torch import nn
 # %% auto #0
 __all__ = ['DATASET_STATS', 'NORMS', 'ImageError', 'check_images', 'check_labels', 'check_passes', 'Normalize',
            'default_normalize', 'model_state', 'check_norm', 'parse_eps', 'format_eps', 'seed_everything', 'get_device',
-           'config_dict', 'config_hash', 'package_modules', 'importing', 'load_package', 'Registry', 'module_source',
-           'module_closure', 'code_version', 'code_changes', 'field_parser', 'config_fields', 'add_config_options',
-           'config_options', 'atomic_write', 'write_json']
+           'config_dict', 'config_hash', 'package_modules', 'importing', 'load_package', 'Registry', 'field_parser',
+           'config_fields', 'add_config_options', 'config_options', 'atomic_write', 'write_json']
 
 # %% ../nbs/00_core.ipynb #03d2ac46
 class ImageError(ValueError):
@@ -227,43 +226,7 @@ class Registry(dict):
     def __repr__(self): return f"Registry({self.kind}: {', '.join(sorted(self))})"
 
 # %% ../nbs/00_core.ipynb #564e9d80
-_IMPORT_RE = re.compile(r'^\s*(?:from\s+(\.|{pkg}\.)(\w+)\s+import|import\s+{pkg}\.(\w+))', re.M)
-
-def module_source(name:str) -> str|None:
-    "The source text of module `name` (without importing it), or None when it has none (a notebook, a C extension)."
-    try: spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError): return None
-    if spec is None or not spec.origin or not spec.origin.endswith('.py') or not os.path.exists(spec.origin): return None
-    return Path(spec.origin).read_text()
-
-def module_closure(roots, package:str='mimbench') -> list:
-    "`roots` and every module of `package` they import (statically, also inside functions), sorted."
-    rx = re.compile(_IMPORT_RE.pattern.format(pkg=re.escape(package)), re.M)
-    seen, todo = set(), [r for r in roots if r]
-    while todo:
-        name = todo.pop()
-        if name in seen or (src := module_source(name)) is None: continue
-        seen.add(name)
-        for rel, mod, mod2 in rx.findall(src):
-            dep = f"{package}.{mod or mod2}"
-            if rel == '.' and not name.startswith(package + '.'): continue   # a relative import of another package
-            todo.append(dep)
-    return sorted(seen)
-
-def _digest(text:str, n:int=12) -> str: return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-def code_version(modules, package:str='mimbench') -> dict:
-    "Package version, one digest over `modules`' sources, and each module's own digest."
-    mods = {m: _digest(module_source(m) or '') for m in sorted(modules)}
-    return {'version': getattr(importlib.import_module(package), '__version__', None),
-            'digest': _digest(json.dumps(mods, sort_keys=True)), 'modules': mods}
-
-def code_changes(recorded:dict|None, package:str='mimbench') -> list:
-    "What differs between a recorded `code_version` and the code installed now (empty: the same code)."
-    if not recorded: return ['no code version recorded (made before mimbench recorded one)']
-    now = code_version(recorded.get('modules', {}), package)
-    out = [f"version {recorded.get('version')} → {now['version']}"] if recorded.get('version') != now['version'] else []
-    return out + [f"{m} changed" for m, d in recorded.get('modules', {}).items() if now['modules'][m] != d]
+from .codever import module_source, module_closure, code_version, code_changes
 
 # %% ../nbs/00_core.ipynb #b1c8eb49
 def _base_type(anno) -> tuple:

@@ -15,7 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from .core import (Registry, atomic_write, config_dict, config_hash, get_device, seed_everything, write_json,
-                           code_version, code_changes, module_closure, check_passes, model_state)
+                           check_passes, model_state)
+from .codever import code_version, module_closure, read_json, stale_reasons
 from .data import get_dataset, load_batch, subset, as_dataset, AUGMENTATIONS
 from .models import (CheckpointError, load_model, load_weights, save_model, create_vit,
                              vit_with_new_head)
@@ -25,7 +26,7 @@ from .mim import PRETEXTS, unwrap
 __all__ = ['NOT_HASHED', 'FINETUNE_OBJECTIVES', 'STALE_POLICIES', 'TrainConfig', 'init_key', 'run_hash', 'run_dir',
            'CrossEntropy', 'layer_id', 'param_groups', 'lr_at', 'epoch_batches', 'step_seed', 'save_checkpoint',
            'load_checkpoint', 'accuracy', 'Run', 'read_metrics', 'load_init', 'build_run', 'train_data',
-           'StaleRunError', 'run_code', 'stale_reasons', 'set_aside', 'adopt_run', 'run_lock', 'train', 'plot_curves']
+           'StaleRunError', 'run_code', 'set_aside', 'adopt_run', 'run_lock', 'train', 'plot_curves']
 
 # %% ../nbs/04_train.ipynb #1c77ad31
 @dataclass
@@ -92,10 +93,6 @@ def _file_digest(p:Path, n:int=16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()[:n]
 
-def _read_json(p:Path) -> dict:
-    try: return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError): return {}
-
 _RUN_NAME = re.compile(r'^(?:pretrain|finetune)-.+-([0-9a-f]{10})$')
 
 def init_key(init:str|None) -> str|None:
@@ -106,7 +103,7 @@ def init_key(init:str|None) -> str|None:
     file = '' if d == p or p.name == 'model.safetensors' else f":{p.name}"
     if m := _RUN_NAME.match(d.name): return f"run:{m[1]}{file}"      # a run directory's name ends with its config hash
     if (d / 'config.json').exists():                                   # a renamed run (e.g. set aside as stale)
-        return f"run:{_read_json(d / 'config.json').get('run_hash')}:{d.name}{file}"
+        return f"run:{read_json(d / 'config.json').get('run_hash')}:{d.name}{file}"
     if p.is_file(): return f"file:{_file_digest(p)}"
     return str(init)                                      # missing: training stops with a clear error later
 
@@ -296,31 +293,18 @@ def _init_record(init) -> dict|None:
     if not init: return None
     p = Path(init); d = p if p.is_dir() else p.parent
     if not (d / 'config.json').exists(): return None
-    return {'dir': str(d.resolve()), 'run_id': _read_json(d / 'config.json').get('run_id')}
-
-def stale_reasons(d, deep:bool=True) -> list:
-    "Why the run in directory `d` is not what today's code would train (empty: current or absent); `deep`: also a stale starting run."
-    p = Path(d) / 'config.json'
-    if not p.exists(): return []
-    rec = _read_json(p)
-    why = code_changes(rec.get('code'))
-    ir = rec.get('init_run')
-    if ir and (Path(ir['dir']) / 'config.json').exists():
-        if _read_json(Path(ir['dir']) / 'config.json').get('run_id') != ir.get('run_id'):
-            why.append(f"its starting run {Path(ir['dir']).name} was trained again since")
-        elif deep and (sub := stale_reasons(ir['dir'])): why.append(f"its starting run {Path(ir['dir']).name} is stale ({'; '.join(sub)})")
-    return why
+    return {'dir': str(d.resolve()), 'run_id': read_json(d / 'config.json').get('run_id')}
 
 def set_aside(d:Path) -> Path:
     "Rename run directory `d` to `<name>.stale-<code digest>` (a free name), so it is kept but no longer found."
-    tag = (_read_json(d / 'config.json').get('code') or {}).get('digest') or 'old'
+    tag = (read_json(d / 'config.json').get('code') or {}).get('digest') or 'old'
     new, i = d.with_name(f"{d.name}.stale-{tag}"), 1
     while new.exists(): new, i = d.with_name(f"{d.name}.stale-{tag}-{i}"), i + 1
     return d.rename(new)
 
 def adopt_run(d) -> dict:
     "Record today's code version in run `d` (one made before versions were recorded, checked by you): it counts as current."
-    d = Path(d); rec = _read_json(d / 'config.json')
+    d = Path(d); rec = read_json(d / 'config.json')
     if not rec: raise FileNotFoundError(f"{d} has no readable config.json: is it a run directory?")
     objective = (PRETEXTS if rec.get('task') == 'pretrain' else FINETUNE_OBJECTIVES)[rec['recipe']]
     kind = None

@@ -114,7 +114,10 @@ def test_one_new_module_adds_a_pretext_an_attack_and_a_command(tmp_path, monkeyp
 
 
 def test_info_imports_nothing_heavy(tmp_path):
-    "Fails on the old code: `mimbench info` asked the registries, which imported every module (torch, timm, ipywidgets, matplotlib; ~4 s)."
+    "Fails on the old code: `mimbench info` asked the registries, which imported every module (torch, timm, ipywidgets, matplotlib; ~4 s); with runs in the folder its stale check imported mimbench.train, hence torch (7.7 s for 121 runs)."
+    run = tmp_path / 'runs' / 'pretrain-mae-fashion-mnist-micro-0123456789'; run.mkdir(parents=True)
+    (run / 'config.json').write_text('{"code": {"version": "0.1.0", "digest": "x", "modules": {"mimbench.train": "old"}}}')
+    (run / 'result.json').write_text('{"steps": 1}')
     code = ("import sys, time; t = time.perf_counter(); from mimbench.cli import main; "
             f"main(['info', '--out', {str(tmp_path / 'runs')!r}]); "
             "print(round(time.perf_counter() - t, 3), [m for m in ('torch', 'ipywidgets', 'matplotlib', 'timm') if m in sys.modules])")
@@ -123,6 +126,7 @@ def test_info_imports_nothing_heavy(tmp_path):
     secs, heavy = r.stdout.strip().splitlines()[-1].split(' ', 1)
     assert heavy == '[]', heavy
     assert 'pgd-mi' in r.stdout and 'mimir' in r.stdout and 'dim 64, depth 4, heads 4' in r.stdout
+    assert f"{run.name}: {{'steps': 1}}" in r.stdout and 'STALE, made by other code: mimbench.train changed' in r.stdout
     assert float(secs) < 2, secs                           # ~0.3 s here; generous for a loaded machine
 
 def test_info_lists_exactly_what_the_registries_hold():
