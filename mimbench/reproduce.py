@@ -12,15 +12,17 @@ import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import SCALES, PROTOCOLS, mcnemar, wilson_interval, unpack_flags
+from .attacks import ATTACKS
+from torch import nn
 
 # %% auto #0
 __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDGETS', 'EVALUATORS', 'Arm', 'Evaluation',
-           'Comparison', 'PaperSetting', 'Grid', 'ttfp_adaptive', 'paper_table', 'native_geometry', 'Resolved',
-           'resolve_scale', 'Planned', 'plan', 'resolve_eps', 'metric_name', 'budget_kwargs', 'check_attack',
-           'check_data', 'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol',
-           'results_folder', 'eval_attack', 'eval_shift', 'eval_probe', 'GridJob', 'grid_jobs', 'arm_model',
-           'ttfp_model', 'records_of', 'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction',
-           'current_records', 'write_report', 'reproduce', 'plan_summary', 'cli_reproduce']
+           'Comparison', 'PaperSetting', 'Grid', 'paper_table', 'native_geometry', 'Resolved', 'resolve_scale',
+           'Planned', 'plan', 'resolve_eps', 'metric_name', 'budget_kwargs', 'check_attack', 'check_data',
+           'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol', 'results_folder',
+           'eval_attack', 'eval_shift', 'eval_probe', 'GridJob', 'grid_jobs', 'arm_model', 'ttfp_model', 'records_of',
+           'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction', 'current_records', 'write_report',
+           'reproduce', 'plan_summary', 'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -335,29 +337,6 @@ _register(Grid('adpe', 'AdPE — adversarial positional embeddings vs MAE, MAE+ 
     notes="ViT-B, 8-layer decoder (the 'base' preset), 400-epoch ablation schedule of Tables A.1–A.3: PT batch 4096, "
           "lr 2.4e-3, 40 warmup; FT lr 4e-3, batch 1024, layer decay 0.75, 100 epochs, 5 warmup, drop path 0.1. "
           "RandAug/mixup/cutmix are not in mimbench's augmentations."))
-
-# %% ../nbs/18_reproduce.ipynb #c547b156
-from torch import nn
-from .attacks import ATTACKS, AttackSpec, correct_every_pass
-
-def ttfp_adaptive(model, x, y, eps, norm:str='linf', mode:str='soft', attack:str='apgd-ce', tau:float=0.05, **kw):
-    "Adaptive `attack` on a TTFP model: 'soft' prompt selection, or 'prompts' (each prompt fixed in turn); else `x` unchanged."
-    from mimbench.ttfp import TTFP, _with
-    if mode not in ('soft', 'prompts'): raise ValueError(f"ttfp-adaptive mode must be 'soft' or 'prompts', got {mode!r}.")
-    if not isinstance(model, TTFP): return x.clone()
-    if mode == 'soft':
-        with _with(model, selection_tau=tau, clip_bpda=True, attack_prompt=None): return ATTACKS[attack](model, x, y, eps, norm, **kw)
-    best, alive = x.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
-    for k in range(model.k):                                   # per image: the first prompt whose attack fools TTFP
-        idx = alive.nonzero().flatten()
-        if not len(idx): break
-        with _with(model, selection_tau=None, clip_bpda=True, attack_prompt=k):
-            xa = ATTACKS[attack](model, x[idx], y[idx], eps, norm, **kw)
-        best[idx] = xa
-        alive[idx[~correct_every_pass(model, xa, y[idx])]] = False
-    return best
-
-ATTACKS['ttfp-adaptive'] = AttackSpec(ttfp_adaptive, name='ttfp-adaptive')
 
 # %% ../nbs/18_reproduce.ipynb #c7873bc1
 def paper_table(paper:str) -> str:
@@ -827,18 +806,11 @@ def arm_model(job:GridJob):
     raise ValueError(f"unknown defence {a.defense!r}; use 'de3', 'demask' or 'ttfp'")
 
 def ttfp_model(cfg, args:dict):
-    "TTFP around the fine-tuned run of `cfg`: prototypes of its training images, prompts trained once and cached (`ttfp.ttfp_dir`)."
-    from mimbench.ttfp import build_ttfp, train_prompts, save_ttfp, load_ttfp, ttfp_dir
+    "TTFP around the fine-tuned run of `cfg`: prototypes and prompts fitted on its training images once (`ttfp.fit_ttfp`)."
+    from mimbench.ttfp import fit_ttfp
     from mimbench.train import load_init, train_data, run_dir
-    clf = load_init(run_dir(cfg)).eval()
-    settings = dict(classifier=str(run_dir(cfg)), **args, dataset=cfg.dataset, seed=cfg.seed)
-    path = ttfp_dir(settings, Path(cfg.out) / 'ttfp') / 'model.safetensors'
-    if not path.exists():
-        ds = train_data(cfg)
-        t = build_ttfp(clf, ds, args.get('k', 10), args.get('band'), args.get('prompt_rms', 16 / 255), n=5000, seed=cfg.seed)
-        train_prompts(t, ds, epochs=args.get('prompt_epochs', 1), seed=cfg.seed, progress=False)
-        save_ttfp(path, t, settings=settings)
-    return load_ttfp(path, clf)
+    settings = dict(classifier=str(run_dir(cfg)), dataset=cfg.dataset, seed=cfg.seed, **args)
+    return fit_ttfp(load_init(run_dir(cfg)).eval(), train_data(cfg), settings, Path(cfg.out) / 'ttfp', progress=False)[0]
 
 # %% ../nbs/18_reproduce.ipynb #a20ccd9c
 def records_of(records:list, paper:str, evaluation:str, arm:str) -> list:
