@@ -10,15 +10,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import Registry, check_images, check_labels, check_norm, check_passes, model_state, parse_eps
+from .core import (Registry, check_images, check_labels, check_norm, check_passes, correct_every_pass, model_state,
+                           parse_eps)
 
 # %% auto #0
 __all__ = ['LOSSES', 'ATTACKS', 'AUTOATTACK_VERSIONS', 'lp_norm', 'project', 'pixel_mask', 'random_init', 'PerturbInfo', 'Ball',
            'Oracle', 'PGDStep', 'apgd_checkpoints', 'APGDStep', 'perturb', 'ce_loss', 'margin_loss', 'dlr_loss',
            'dlr_targeted_loss', 'classifier_loss', 'is_randomized', 'default_eot', 'attack_context', 'fast_model',
-           'prepare', 'predict', 'default_passes', 'correct_every_pass', 'judge', 'AttackResult', 'fgsm', 'bim', 'pgd',
-           'pgd_l2', 'mifgsm', 'pgd_margin', 'apgd', 'apgd_ce', 'apgd_dlr', 'apgd_t', 'p_selection', 'square_search',
-           'square', 'fab_t', 'huang_l2_eps', 'cw_l2', 'AttackSpec', 'run_attack', 'autoattack']
+           'prepare', 'predict', 'default_passes', 'judge', 'AttackResult', 'fgsm', 'bim', 'pgd', 'pgd_l2', 'mifgsm',
+           'pgd_margin', 'apgd', 'apgd_ce', 'apgd_dlr', 'apgd_t', 'p_selection', 'square_search', 'square', 'fab_t',
+           'huang_l2_eps', 'cw_l2', 'AttackSpec', 'run_attack', 'autoattack']
 
 # %% ../nbs/05_attacks.ipynb #339746b2
 def _bview(v, x):
@@ -353,14 +354,6 @@ def default_passes(model, passes=None) -> int:
     "`passes` if given, else 5 for randomized models and 1 for deterministic ones."
     if passes is None: return 5 if is_randomized(model) else 1
     return check_passes(passes)
-
-@torch.no_grad()
-def correct_every_pass(model, x, y, passes:int=1):
-    "Bool (N,): `model` classifies each image correctly in all `passes` forward passes."
-    passes = check_passes(passes)
-    ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    for _ in range(passes): ok &= model(x).argmax(1) == y
-    return ok
 
 @torch.no_grad()
 def judge(model, x, y, passes:int=1):

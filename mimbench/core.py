@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['DATASET_STATS', 'NORMS', 'ImageError', 'check_images', 'check_labels', 'check_passes', 'Normalize',
-           'default_normalize', 'model_state', 'check_norm', 'parse_eps', 'format_eps', 'seed_everything', 'get_device',
-           'config_dict', 'config_hash', 'package_modules', 'importing', 'load_package', 'Registry', 'field_parser',
-           'config_fields', 'add_config_options', 'config_options', 'atomic_write', 'write_json']
+__all__ = ['DATASET_STATS', 'NORMS', 'ImageError', 'check_images', 'check_labels', 'check_passes', 'correct_every_pass',
+           'Normalize', 'default_normalize', 'model_state', 'check_norm', 'parse_eps', 'format_eps', 'seed_everything',
+           'get_device', 'config_dict', 'config_hash', 'package_modules', 'importing', 'load_package', 'Registry',
+           'field_parser', 'config_fields', 'add_config_options', 'config_options', 'atomic_write', 'write_json']
 
 # %% ../nbs/00_core.ipynb #03d2ac46
 class ImageError(ValueError):
@@ -60,6 +60,14 @@ def check_passes(passes) -> int:
     if isinstance(passes, bool) or int(passes) != passes or passes < 1:
         raise ValueError(f"passes must be an integer ≥ 1 (an image counts as correct only if every pass gets it right), got {passes!r}.")
     return int(passes)
+
+# %% ../nbs/00_core.ipynb #3eac1354
+@torch.no_grad()
+def correct_every_pass(model, x, y, passes:int=1):
+    "Bool (N,): `model` classifies each image correctly in all `passes` forward passes."
+    ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(check_passes(passes)): ok &= model(x).argmax(1) == y
+    return ok
 
 # %% ../nbs/00_core.ipynb #7a19599d
 DATASET_STATS = {1: ((0.5,), (0.5,)), 3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}

@@ -14,7 +14,7 @@ from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .core import (Registry, atomic_write, config_dict, config_hash, get_device, seed_everything, write_json,
+from .core import (Registry, correct_every_pass, atomic_write, config_dict, config_hash, get_device, seed_everything, write_json,
                            check_passes, model_state)
 from .codever import code_version, module_closure, read_json, stale_reasons
 from .data import get_dataset, load_batch, subset, as_dataset, AUGMENTATIONS
@@ -206,9 +206,7 @@ def accuracy(model, data, n=None, batch_size=500, passes=1, device=None, split='
         for i in range(0, n, batch_size):
             x, y = load_batch(ds, torch.arange(i, min(n, i + batch_size)))
             x, y = x.to(device), torch.as_tensor(y).to(device)
-            hit = torch.ones(len(x), dtype=torch.bool, device=device)
-            for _ in range(passes): hit &= model(x).argmax(1) == y
-            ok.append(hit.cpu())
+            ok.append(correct_every_pass(model, x, y, passes).cpu())
     ok = torch.cat(ok)
     return ok if flags else ok.sum().item() / n
 
