@@ -11,6 +11,13 @@ HERE = Path(__file__).parent / 'legacy_adpe'
 CASES = ['rpe-coord', 'rpe-emb', 'rpe-plain', 'ape-coord', 'ape-emb-mae']
 EXP = load_file(str(HERE / 'expected.safetensors'))
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    "The expected values were computed on one CPU thread; bit-for-bit equality needs the same reduction order."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.mark.parametrize('name', CASES)
 def test_old_adpe_checkpoint_computes_the_same(name):
     m, meta = load_model(HERE / f'{name}.safetensors')
