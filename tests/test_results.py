@@ -25,13 +25,13 @@ def test_committed_records_recompute_from_their_flags():
 
 def test_records_do_not_go_stale_when_nbdev_rewrites_its_index(monkeypatch):
     "Fails on the old code: mimbench._modidx (rewritten by every nbdev_export) was in a record's code, so any export made every record stale."
-    import mimbench.core as core
+    import mimbench.codever as codever                  # where code versions are computed (no torch)
     rec = _rec('mae', 0, {'clean': np.arange(20) % 3 > 0})
     assert 'mimbench._modidx' not in rec.provenance['code']['modules'] and 'mimbench.attacks' in rec.provenance['code']['modules']
-    real = core.module_source
-    monkeypatch.setattr(core, 'module_source', lambda n: (real(n) or '') + ('\n# one more symbol' if n == 'mimbench._modidx' else ''))
+    real = codever.module_source
+    monkeypatch.setattr(codever, 'module_source', lambda n: (real(n) or '') + ('\n# one more symbol' if n == 'mimbench._modidx' else ''))
     assert rec.stale_reasons() == []
-    monkeypatch.setattr(core, 'module_source', lambda n: (real(n) or '') + ('\n# changed' if n == 'mimbench.attacks' else ''))
+    monkeypatch.setattr(codever, 'module_source', lambda n: (real(n) or '') + ('\n# changed' if n == 'mimbench.attacks' else ''))
     assert rec.stale_reasons() == ['mimbench.attacks changed']                 # a change to code that computes still counts
 
 def test_check_record_catches_edits():
