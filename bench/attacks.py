@@ -1,7 +1,7 @@
 """Attack throughput: mimbench's PGD-10 (ℓ∞), APGD-CE-100 and AutoAttack vs torchattacks on the same model, batch and threads.
 
     python bench/attacks.py [--preset tiny] [--batch 64] [--img 32] [--patch 4] [--threads N] [--fast]
-                            [--aa-n 500] [--aa-eps 2/255] [--no-aa] [--profile] [--save]
+                            [--aa-n 500] [--aa-eps 2/255] [--aa-chunks 5] [--aa-model CKPT] [--no-aa] [--profile] [--save]
 
 PGD/APGD rows: `create_vit(preset, patch_size, img_size)` with random weights in eval mode (speed does not depend on
 training). Times are process CPU time on CPU (robust on a shared machine; run with one thread) and wall time on CUDA.
