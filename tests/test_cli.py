@@ -60,13 +60,19 @@ def test_bad_json_is_one_line(tmp_path):
     r = subprocess.run([str(BIN / 'mimbench'), 'pretrain', '--args', '{oops', '--out', str(tmp_path)], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and 'must be JSON' in r.stderr and 'Traceback' not in r.stderr
 
-def test_help_imports_nothing_heavy():
-    "Fails on the old code: `mimbench --help` imported every module, ipywidgets and matplotlib included (4–9 s)."
-    code = ("import sys, time; t = time.perf_counter(); from mimbench.cli import main; main(['--help']); "
+def timed_main(argv):
+    "Run `mimbench.cli.main(argv)` in a fresh process: (completed process, seconds, heavy modules it imported)."
+    code = ("import sys, time; t = time.perf_counter(); from mimbench.cli import main; "
+            f"main({argv!r}); "
             "print(round(time.perf_counter() - t, 3), [m for m in ('torch', 'ipywidgets', 'matplotlib', 'timm') if m in sys.modules])")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     secs, heavy = r.stdout.strip().splitlines()[-1].split(' ', 1)
+    return r, secs, heavy
+
+def test_help_imports_nothing_heavy():
+    "Fails on the old code: `mimbench --help` imported every module, ipywidgets and matplotlib included (4–9 s)."
+    r, secs, heavy = timed_main(['--help'])
     assert heavy == '[]', heavy
     assert 'lr-sweep' in r.stdout and 'eval' in r.stdout and 'export-encoder' in r.stdout
     assert float(secs) < 2, secs                           # ~0.1–0.3 s here; generous for a loaded machine
@@ -118,12 +124,7 @@ def test_info_imports_nothing_heavy(tmp_path):
     run = tmp_path / 'runs' / 'pretrain-mae-fashion-mnist-micro-0123456789'; run.mkdir(parents=True)
     (run / 'config.json').write_text('{"code": {"version": "0.1.0", "digest": "x", "modules": {"mimbench.train": "old"}}}')
     (run / 'result.json').write_text('{"steps": 1}')
-    code = ("import sys, time; t = time.perf_counter(); from mimbench.cli import main; "
-            f"main(['info', '--out', {str(tmp_path / 'runs')!r}]); "
-            "print(round(time.perf_counter() - t, 3), [m for m in ('torch', 'ipywidgets', 'matplotlib', 'timm') if m in sys.modules])")
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV)
-    assert r.returncode == 0, r.stderr
-    secs, heavy = r.stdout.strip().splitlines()[-1].split(' ', 1)
+    r, secs, heavy = timed_main(['info', '--out', str(tmp_path / 'runs')])
     assert heavy == '[]', heavy
     assert 'pgd-mi' in r.stdout and 'mimir' in r.stdout and 'dim 64, depth 4, heads 4' in r.stdout
     assert f"{run.name}: {{'steps': 1}}" in r.stdout and 'STALE, made by other code: mimbench.train changed' in r.stdout
