@@ -8,7 +8,7 @@ import hashlib, importlib, importlib.util, json, os, re
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['module_source', 'module_closure', 'code_version', 'code_changes', 'read_json', 'stale_reasons']
+__all__ = ['module_source', 'code_text', 'module_closure', 'code_version', 'code_changes', 'read_json', 'stale_reasons']
 
 # %% ../nbs/00a_codever.ipynb #7041f899
 _IMPORT_RE = re.compile(r'^\s*(?:from\s+(\.|{pkg}\.)(\w+)\s+import|import\s+{pkg}\.(\w+))', re.M)
@@ -19,6 +19,12 @@ def module_source(name:str) -> str|None:
     except (ImportError, ValueError): return None
     if spec is None or not spec.origin or not spec.origin.endswith('.py') or not os.path.exists(spec.origin): return None
     return Path(spec.origin).read_text()
+
+_NOT_CODE = re.compile(r'^[ \t]*(?:#[^\n]*)?(?:\n|\Z)', re.M)
+
+def code_text(source:str) -> str:
+    "`source` without its blank and comment-only lines: what a run's code digest is taken over."
+    return _NOT_CODE.sub('', source)
 
 def module_closure(roots, package:str='mimbench') -> list:
     "`roots` and every module of `package` they import (statically, also inside functions), sorted."
@@ -37,8 +43,8 @@ def module_closure(roots, package:str='mimbench') -> list:
 def _digest(text:str, n:int=12) -> str: return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 def code_version(modules, package:str='mimbench') -> dict:
-    "Package version, one digest over `modules`' sources, and each module's own digest."
-    mods = {m: _digest(module_source(m) or '') for m in sorted(modules)}
+    "Package version, one digest over `modules`' code (`code_text`), and each module's own digest."
+    mods = {m: _digest(code_text(module_source(m) or '')) for m in sorted(modules)}
     return {'version': getattr(importlib.import_module(package), '__version__', None),
             'digest': _digest(json.dumps(mods, sort_keys=True)), 'modules': mods}
 

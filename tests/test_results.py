@@ -31,7 +31,9 @@ def test_records_do_not_go_stale_when_nbdev_rewrites_its_index(monkeypatch):
     real = codever.module_source
     monkeypatch.setattr(codever, 'module_source', lambda n: (real(n) or '') + ('\n# one more symbol' if n == 'mimbench._modidx' else ''))
     assert rec.stale_reasons() == []
-    monkeypatch.setattr(codever, 'module_source', lambda n: (real(n) or '') + ('\n# changed' if n == 'mimbench.attacks' else ''))
+    monkeypatch.setattr(codever, 'module_source', lambda n: (real(n) or '') + ('\n# %% ../nbs/05_attacks.ipynb #new cell\n# reworded' if n == 'mimbench.attacks' else ''))
+    assert rec.stale_reasons() == []                                           # a comment or an nbdev cell marker is not code
+    monkeypatch.setattr(codever, 'module_source', lambda n: (real(n) or '') + ('\nCHANGED = 1' if n == 'mimbench.attacks' else ''))
     assert rec.stale_reasons() == ['mimbench.attacks changed']                 # a change to code that computes still counts
 
 def test_check_record_catches_edits():
