@@ -31,12 +31,14 @@ def filter_normalize(direction:dict, model, ignore_1d:bool=True) -> dict:
             out[k] = d * (pn / dn).view(-1, *[1] * (d.dim() - 1))
     return out
 
+# %% ../nbs/14_landscape.ipynb #b6c00309
 def random_direction(model, seed:int=0, ignore_1d:bool=True) -> dict:
     "A filter-normalised Gaussian direction over `model`'s trainable parameters."
     g = torch.Generator().manual_seed(seed)
     d = {k: torch.randn(p.shape, generator=g).to(p) for k, p in model.named_parameters() if p.requires_grad}
     return filter_normalize(d, model, ignore_1d)
 
+# %% ../nbs/14_landscape.ipynb #03e4e786
 def adversarial_direction(model, loss_fn, ignore_1d:bool=True) -> dict:
     "The filter-normalised gradient of `loss_fn(model)` (a scalar tensor) — the direction in which the loss rises fastest."
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
@@ -73,6 +75,7 @@ class Landscape:
         if label: ax.set_title(label, fontsize=9)
         return ax
 
+# %% ../nbs/14_landscape.ipynb #510ad993
 def classification_loss(x, y, batch_size:int=500):
     "A `loss_fn(model)`: mean cross-entropy of `model` on the fixed batch `(x, y)` (gradients kept)."
     check_images(x)
@@ -85,6 +88,7 @@ def classification_loss(x, y, batch_size:int=500):
         return total / len(x)
     return loss_fn
 
+# %% ../nbs/14_landscape.ipynb #bf927f1a
 @contextlib.contextmanager
 def _restored(model):
     saved = {k: p.detach().clone() for k, p in model.named_parameters()}
@@ -120,6 +124,7 @@ def input_directions(model, x, y, norm:str='linf', seed:int=0):
     unit = lambda v: v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
     return unit(g), unit(r)
 
+# %% ../nbs/14_landscape.ipynb #5ff7a7c7
 @torch.no_grad()
 def input_landscape(model, x, y, eps='8/255', norm:str='linf', steps:int=21, two_d:bool=True, seed:int=0,
                     batch_size:int=500, progress:bool=True) -> Landscape:
@@ -147,6 +152,7 @@ def patch_embed_weight(model) -> torch.Tensor:
         if isinstance(m, nn.Conv2d): return m.weight.detach()
     raise TypeError(f"{type(model).__name__} has no convolutional patch embedding.")
 
+# %% ../nbs/14_landscape.ipynb #101e3074
 def filter_pca(model_or_weight, k:int=28, standardize:bool=True):
     "First `k` principal components of the patch-embedding filters as k×C×p×p patches, and their explained-variance ratios."
     w = model_or_weight if torch.is_tensor(model_or_weight) else patch_embed_weight(model_or_weight)
@@ -157,6 +163,7 @@ def filter_pca(model_or_weight, k:int=28, standardize:bool=True):
     k = min(k, Vh.shape[0])
     return Vh[:k].reshape(k, *w.shape[1:]).float(), (S ** 2 / (S ** 2).sum())[:k].float()
 
+# %% ../nbs/14_landscape.ipynb #eb55d7c9
 def plot_filters(filters, ncols:int=7, scale:float=1., title:str|None=None):
     "Show k×C×p×p filters (or components) as image patches, each min–max scaled to [0,1]."
     import matplotlib.pyplot as plt
