@@ -30,6 +30,7 @@ def check_denoiser(model):
                          "'nim' recipe (pixel targets) or `create_mae(..., norm_pix_loss=False)`.")
     return model
 
+# %% ../nbs/07_defenses.ipynb #c694e94f
 def reconstruct(denoiser:MAE, x_in, mask_ratio:float=0., noise=None):
     "Pixel reconstruction (N×C×H×W in [0,1]) of a possibly noisy input; differentiable end to end."
     with model_state(denoiser, check_inputs=False):
@@ -113,11 +114,13 @@ def weights_fingerprint(model) -> str:
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
 
+# %% ../nbs/07_defenses.ipynb #22b6c156
 def psnr(a, b) -> torch.Tensor:
     "Per-image PSNR (dB) between two [0,1] batches."
     mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
     return 10 * torch.log10(1 / mse)
 
+# %% ../nbs/07_defenses.ipynb #c21998fe
 def _sweep_key(defense, data_name, n, sigmas, attacks, eps, norm, passes, attack_kwargs, seed, sanity=True):
     spec = dict(weights=weights_fingerprint(defense), kind=type(defense).__name__, data=data_name, n=n,
                 sigmas=[float(s) for s in sigmas], attacks=[str(a) for a in attacks], eps=str(eps), norm=norm,
@@ -165,6 +168,7 @@ def pareto_front(rows) -> list:
                                         (o['clean'] > r['clean'] or o['robust'] > r['robust']) for o in rows)]
     return sorted(front, key=lambda r: r['clean'])
 
+# %% ../nbs/07_defenses.ipynb #b141f1d4
 def plot_sweep(sweep, current_sigma=None, axes=None, path=None):
     "Clean vs robust accuracy with the Pareto frontier, and accuracy/PSNR vs σ."
     import matplotlib.pyplot as plt
@@ -200,6 +204,7 @@ def build_defense(kind:str, denoiser:str, classifier:str, sigma:float=70., mask_
     if kind == 'demask': return MAEDemasking(den, clf, mask_ratio)
     raise ValueError(f"Unknown defense {kind!r}; use 'de3' or 'demask'.")
 
+# %% ../nbs/07_defenses.ipynb #0dbd3afd
 @call_parse
 def cli_sweep(denoiser:str,                      # NIM (or pixel-target MAE) run directory or checkpoint
               classifier:str,                    # classifier run directory or checkpoint
