@@ -42,10 +42,12 @@ def to_png(img, scale:int=4, cmap:str|None=None, vmin=None, vmax=None) -> bytes:
     buf = io.BytesIO(); im.save(buf, format='PNG', compress_level=1)
     return buf.getvalue()
 
+# %% ../nbs/30_widgets.ipynb #23aa64c4
 def figure_png(fig, dpi=None) -> bytes:
     "PNG bytes of a matplotlib `Figure` (drawn on its own Agg canvas: safe off the main thread)."
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); return buf.getvalue()
 
+# %% ../nbs/30_widgets.ipynb #33c471bb
 def prob_html(probs, classes, true:int|None=None, top:int=5) -> str:
     "The top class probabilities as an HTML bar chart (the true class in green, a wrong top-1 in red)."
     p = torch.as_tensor(probs).float().cpu()
@@ -170,6 +172,7 @@ def _pretext_default(pretext, name):
         return SigmaDistribution(v).mean
     return v if isinstance(v, (int, float)) else None
 
+# %% ../nbs/30_widgets.ipynb #beba55bb
 def resolve_model(model, pretext=None):
     "`(model, pretext)` from a model or a run directory / checkpoint; the pretext from the run's config when not given."
     if isinstance(model, (str, Path)):
@@ -279,6 +282,7 @@ def load_sweep(sweep):
     if not isinstance(sweep, dict) or not sweep.get('rows'): raise ValueError("sweep must be a sigma_sweep() result, its JSON path, or a list of rows.")
     return sweep
 
+# %% ../nbs/30_widgets.ipynb #76059b92
 QUICK_SWEEP = dict(sigmas=range(0, 161, 40), attacks=[('pgd', {'steps': 5})], eps='4/255', n=32, passes=2,
                    attack_kwargs={'pgd': {'eot': 2}}, sanity=False)
 
