@@ -294,6 +294,8 @@ class ShiftReport(JSONReport):
     skipped: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    clean_flags: list|None = None               # per_image=True: each image right on clean input (all passes)
+    corrupt_correct: list|None = None           # per_image=True: each image's count of corruption × severity cells it is right on
 
 
     def to_markdown(self) -> str:
@@ -346,8 +348,8 @@ def _parse_list(v, cast=str):
 
 def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|None=None, batch_size:int=500,
                    passes:int|None=None, seed:int=0, cache=None, progress:bool=True, device=None,
-                   model_name:str|None=None) -> ShiftReport:
-    "Clean accuracy and accuracy per corruption × severity of `model` on the first `n` samples of `data`."
+                   model_name:str|None=None, per_image:bool=False) -> ShiftReport:
+    "Clean accuracy and accuracy per corruption × severity of `model` on the first `n` samples of `data`; `per_image`: keep per-image results for paired tests."
     ds, cacheable = _first(data, n)
     channels = load_batch(ds, torch.arange(1))[0].shape[1]
     names = list(CORRUPTIONS) if corruptions == 'all' else _parse_list(corruptions)
@@ -361,8 +363,8 @@ def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|
     t_corrupt = t_eval = 0.
     seed_everything(seed)
     with model_state(model, training=False):
-        t0 = time.time(); clean = accuracy(model, ds, batch_size=batch_size, passes=passes, device=device); t_eval += time.time() - t0
-        acc = {c: {} for c in names}
+        t0 = time.time(); clean_ok = accuracy(model, ds, batch_size=batch_size, passes=passes, device=device, flags=True); t_eval += time.time() - t0
+        acc, right = {c: {} for c in names}, torch.zeros(len(ds), dtype=torch.int32)
         bar = tqdm(total=len(names) * len(sevs), disable=not progress, desc='shift accuracy', dynamic_ncols=True)
         for c in names:
             for s in sevs:
@@ -371,10 +373,12 @@ def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|
                 shifted = (corrupt_dataset(ds, c, s, seed, cache=cache, fingerprint=fp, batch_size=batch_size) if cacheable
                            else CorruptedDataset(ds, c, s, seed))
                 t1 = time.time(); t_corrupt += t1 - t0
-                acc[c][str(s)] = accuracy(model, shifted, batch_size=batch_size, passes=passes, device=device)
+                ok = accuracy(model, shifted, batch_size=batch_size, passes=passes, device=device, flags=True)
+                acc[c][str(s)], right = ok.sum().item() / len(ok), right + ok
                 t_eval += time.time() - t1
                 bar.update(1)
         bar.close()
+    clean = clean_ok.sum().item() / len(clean_ok)             # as `accuracy` counts
     per_c = {c: float(np.mean(list(acc[c].values()))) for c in names if sevs}
     per_s = {str(s): float(np.mean([acc[c][str(s)] for c in names])) for s in sevs if names}
     cells = [v for c in names for v in acc[c].values()]
@@ -387,7 +391,8 @@ def shift_accuracy(model, data, corruptions='all', severities=SEVERITIES, n:int|
                        per_corruption=per_c, per_severity=per_s, skipped=skipped,
                        seconds={'corrupt': round(t_corrupt, 2), 'evaluate': round(t_eval, 2)},
                        settings=dict(seed=seed, passes=passes, batch_size=batch_size, cached=cacheable and cache is not False,
-                                     cache=str(corruption_cache(cache)) if cache is not False else None, torch=torch.__version__))
+                                     cache=str(corruption_cache(cache)) if cache is not False else None, torch=torch.__version__),
+                       clean_flags=clean_ok.tolist() if per_image else None, corrupt_correct=right.tolist() if per_image else None)
 
 # %% ../nbs/06_evaluate.ipynb #4634a39c
 def _load(path_or_model):
