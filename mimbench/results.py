@@ -39,12 +39,14 @@ def pack_flags(flags) -> dict:
     a = np.asarray(flags, dtype=bool).ravel()
     return {'n': int(a.size), 'bits': base64.b64encode(np.packbits(a).tobytes()).decode()}
 
+# %% ../nbs/17_results.ipynb #52a22391
 def unpack_flags(packed:dict) -> np.ndarray:
     "The bool vector stored by `pack_flags`."
     raw = np.frombuffer(base64.b64decode(packed['bits']), dtype=np.uint8)
     if raw.size * 8 < packed['n']: raise ValueError(f"Corrupt flags: {raw.size * 8} bits stored for n = {packed['n']}.")
     return np.unpackbits(raw, count=packed['n']).astype(bool)
 
+# %% ../nbs/17_results.ipynb #1f1fa3d1
 def mcnemar(a, b) -> dict:
     "McNemar's exact test on paired 0/1 flags: discordant counts and the two-sided p-value."
     from scipy.stats import binomtest
@@ -71,6 +73,7 @@ def record_code(attacks=()) -> dict:
     # record must not go stale when it changes
     return code_version([m for m in module_closure([r for r in roots if r]) if m != 'mimbench._modidx'])
 
+# %% ../nbs/17_results.ipynb #8dc8dd60
 def git_state(path=None) -> dict:
     "The git commit of the tree holding `path` (default: the package) and whether it has uncommitted changes."
     import mimbench
@@ -83,19 +86,21 @@ def git_state(path=None) -> dict:
         return {'commit': commit.stdout.strip(), 'dirty': bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError): return {'commit': None, 'dirty': None}
 
+# %% ../nbs/17_results.ipynb #995d7f0e
 def device_name(device=None) -> str:
     "A readable device name: the CUDA card's name, or 'cpu (N threads)'."
     device = torch.device(device or 'cpu')
     if device.type == 'cuda': return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
 
+# %% ../nbs/17_results.ipynb #a665e489
 def provenance(device=None, attacks=()) -> dict:
     "Which code (see `record_code`), commit, library and device made a result."
     code = record_code(attacks)
     return {'mimbench': code['version'], 'code_digest': code['digest'], 'code': code, **git_state(),
             'torch': torch.__version__, 'device': device_name(device)}
 
-# %% ../nbs/17_results.ipynb #8dc8dd60
+# %% ../nbs/17_results.ipynb #c80b8512
 @dataclass(frozen=True)
 class Protocol:
     "An evaluation protocol: data, attacks, budgets and the fine-tuning budget, fixed once for every method."
@@ -120,6 +125,7 @@ class Protocol:
     def settings(self) -> dict: return json.loads(json.dumps(asdict(self), default=str))
     def settings_hash(self) -> str: return config_hash(self.settings(), exclude=('description',))
 
+# %% ../nbs/17_results.ipynb #f6fd15b9
 PROTOCOLS = Registry('protocol')
 def register_protocol(p:Protocol) -> Protocol: PROTOCOLS[p.name] = p; return p
 
@@ -178,12 +184,14 @@ class ResultRecord:
     @classmethod
     def load(cls, path): return cls(**json.loads(Path(path).read_text()))
 
+# %% ../nbs/17_results.ipynb #d3c37d87
 def load_records(root='results', protocol:str|None=None) -> list:
     "Every record under `root` (optionally one protocol's), sorted by path."
     root = Path(root)
     pattern = f"{protocol}/*.json" if protocol else '*/*.json'
     return [ResultRecord.load(p) for p in sorted(root.glob(pattern))]
 
+# %% ../nbs/17_results.ipynb #7989b58e
 def check_record(rec:ResultRecord, tol:float=1e-9) -> list:
     "Problems with a record: accuracies or intervals that its own flags do not reproduce, missing provenance."
     out = []
@@ -231,10 +239,12 @@ def describe_run(run_dir) -> dict:
     if init and (Path(init) / 'config.json').exists(): out['init'] = describe_run(init)
     return out
 
+# %% ../nbs/17_results.ipynb #7508258c
 def sample_digest(ds, n:int) -> str:
     "Digest of the images a record was computed on: the dataset's content fingerprint and the first-n rule."
     return config_hash({'fingerprint': dataset_fingerprint(ds), 'n': min(n, len(ds)), 'rule': 'first-n'}, n=12)
 
+# %% ../nbs/17_results.ipynb #fb171601
 def evaluate_protocol(model_or_run, protocol, method:str, seed:int=0, recipe:str|None=None, evaluated:dict|None=None,
                       root='results', dataset:str|None=None, data_root=None, n:int|None=None, progress:bool=False) -> list:
     "Evaluate a fine-tuned run (or a model + `evaluated` description) under `protocol`; write and return its records."
@@ -336,6 +346,7 @@ class Leaderboard:
         if path is not None: fig.savefig(path, dpi=120, bbox_inches='tight')
         return fig
 
+# %% ../nbs/17_results.ipynb #a985d857
 def _comparable(records:list):
     "Raise ValueError naming the records that cannot share one table (protocol, settings, data, samples)."
     for what, get in [('protocol', lambda r: r.protocol['name']), ('protocol settings', lambda r: r.protocol['hash']),
@@ -429,6 +440,7 @@ for _s in [
           sigmas=(70., 140.)),
 ]: SCALES[_s.name] = _s
 
+# %% ../nbs/17_results.ipynb #4b734118
 @dataclass(frozen=True)
 class Method:
     "A leaderboard row: how the model is pretrained (None: from scratch), for which protocols, and whether it is a headline."
@@ -457,6 +469,7 @@ METHODS = [
     Method('adpe-ape-coord', 'adpe-ape-coord', paper='AdPE'),
 ]
 
+# %% ../nbs/17_results.ipynb #d4a2296e
 @dataclass
 class Job:
     "One leaderboard entry to produce: (protocol, method, seed), its run configs and what to evaluate."
@@ -469,6 +482,7 @@ class Job:
     @property
     def label(self) -> str: return self.method.name if self.sigma is None else f"{self.method.name} σ={self.sigma:g}"
 
+# %% ../nbs/17_results.ipynb #087ea528
 def plan_jobs(scale='small', protocols=None, methods=None, out='runs', data_root=None) -> list:
     "The jobs that make the leaderboard at `scale` (optionally only some protocols/methods), with their run configs."
     from mimbench.train import TrainConfig, run_dir
@@ -504,6 +518,7 @@ def scaled_protocol(name:str, scale:Scale) -> Protocol:
     "The protocol `name` with the scale's evaluation n (the micro scale evaluates a handful of images)."
     return PROTOCOLS[name] if scale.n is None else replace(PROTOCOLS[name], n=scale.n)
 
+# %% ../nbs/17_results.ipynb #73cbb1f1
 def _existing(records, job:Job, scale:Scale, run_hash:str):
     "The current record of `job`, if one exists."
     label_prefix, phash = job.label, scaled_protocol(job.protocol, scale).settings_hash()
