@@ -4,8 +4,8 @@ The rule, for the markdown cells of every notebook — `nbs/*.ipynb` and `nbs/tu
 code and $math$ are not prose: they hold commands and settings):
 
 * flagged: the forms a result takes — a percentage (`71.3 %`, `38%`), a difference in points (`+3 pp`, `2.7 points`),
-  any decimal number (`0.52`, `67.4`, `×1.07`), a ratio (`6× faster`) and a time or a size (`4 s`, `72 ms`,
-  `20 min`, `1335 MB`);
+  any decimal number (`0.52`, `67.4`, `×1.07`), a ratio (`6× faster`, `three times faster`) and a time or a size
+  (`4 s`, `72 ms`, `20 min`, `1335 MB`, `about ten seconds`);
 * not flagged: whole numbers without a unit (epochs, n, patch sizes, years, section numbers), fractions such as
   `8/255`, shapes such as `32×32`, and scientific notation (`1.5e-4`: learning rates);
 * allowed: a number in a sentence that quotes a paper with its source (`the paper`, `et al.`, `Table 2`, a year), and
@@ -33,6 +33,9 @@ RESULT = re.compile(r"""(?x)
   | (?<![\w./])[+±−-]?\d*\.\d+(?![\w/]|\.\d)                                          # 0.52, 67.4, .438 (not 1.5e-4, not 0.5/388)
   | (?<![\w.×/−-])\d+\s*×(?!\s*\d)                                                   # 6× faster (not 32×32, not 1e-5 ×)
   | (?<![\w./])\d[\d,]*\s*(?:ms|s|sec|seconds?|min|minutes?|h|hours?|[KMGT]i?B)\b    # 4 s, 72 ms, 20 min, 1335 MB
+  | \b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty|
+       a\ hundred|hundreds\ of|a\ thousand)\s+(?:seconds?|minutes?|hours?)\b                  # about ten seconds, two minutes
+  | \b(?:two|three|four|five|six|seven|eight|nine|ten)\s+times\s+(?:faster|slower|more|less|larger|smaller)\b  # three times faster
 """)
 SOURCE = re.compile(r"\bpaper(?![\s-]+code)|\bet al\.|\bTable\s+\d|\bTab\.\s*\d|\bFig\.\s*\d|\b(?:19|20)\d\d\b")
 
@@ -66,7 +69,7 @@ SETTINGS = {                                     # notebook → phrases that hol
 PENDING = {
     '01_data': 'helper-15: typed mean |Δ| of glass_blur per severity; offending line in /work/requests/helper-15.md',
     '02_models': 'helper-15: typed CPU speed-ups of rpe_logits; offending line in /work/requests/helper-15.md',
-    '20_cli': 'helper-14: typed import time ("about 4 s"); offending line in /work/requests/helper-14.md',
+    '20_cli': 'helper-14: typed import time ("about 4 s") and run time ("about ten minutes"); offending lines in /work/requests/helper-14.md',
     'nim_de3': 'helper-17: typed run times of a rerun ("training ≈ 20 min, …"); offending line in /work/requests/helper-17.md',
 }
 
@@ -120,6 +123,9 @@ def test_the_rule():
     assert flagged("Peak memory 1335 MB vs 4 GB; a run of 3 hours.") == ['1335 MB', '4 GB', '3 hours']
     assert flagged("Images are 32×32, Grams n×n, the loss adds 1e-5 × HSIC over 10 steps of 4 images.") == []
     assert flagged("Training on 2 cores for 10 epochs with batch 64.") == []
+    assert flagged("It trains in about ten seconds, the full run in two hours, three times faster.") == \
+        ['ten seconds', 'two hours', 'three times faster']
+    assert flagged("One epoch on one core; a few minutes; well under a minute; ten images.") == []
 
 def test_covers_every_notebook(tmp_path):
     "Every nbs/*.ipynb and nbs/tutorials/*.ipynb is checked; a new notebook with a typed percentage in its prose fails."
