@@ -79,6 +79,7 @@ def prose_sentences(markdown:str) -> list:
     md = re.sub(r"`[^`\n]*`", " ", md)
     md = re.sub(r"\$[^$\n]*\$", " ", md)
     parts = re.split(r"(?<=[.!?;])(?<!\bal\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)(?<!\bcf\.)\s+(?=[A-Z*(])"
+                     r"|(?<=\bal\.)\s+(?=[A-Z*])"          # 'Huang et al. (…' goes on; 'et al. The' ends a sentence
                      r"|\n\s*\n|\n(?=\s*[-*|>#])", md)
     return [' '.join(p.split()) for p in parts if p.strip()]
 
@@ -112,6 +113,7 @@ def test_the_rule():
     assert flagged("Attack with ε = 8/255, 10 steps, patch 4, lr 1.5e-4, in 2021 (section 3).") == []
     assert flagged("MIMIR reports 76.30 natural accuracy (Xu et al., 2023).") == []
     assert flagged("Huang et al. (adversarial pretraining) use ε ∈ {0.001, 0.005}.") == []   # et al. does not end a sentence
+    assert flagged("As in Xu et al. The MAE reaches 71.3 %.") == ['71.3 %']   # … unless a new one starts after it
     assert flagged("The paper's gain is 23 % at σ = 70.") == []
     assert flagged("the paper code's APGD-10 gives 0.646") == ['0.646']       # our number from the paper's code: a result
     assert flagged("fine-tune with layer decay 0.65; accuracy 55.1", ['layer decay 0.65']) == ['55.1']
