@@ -19,7 +19,7 @@ __all__ = ['FASHION_CLASSES', 'DATASETS', 'CIFAR10_CLASSES', 'CIFAR_PICKLE_GLOBA
            'CifarUnpickler', 'read_cifar_batch', 'cifar10', 'write_cifar_batch', 'synthetic_cifar10', 'cifar10_sample',
            'imagefolder', 'cifar10_c', 'imagenet_c', 'remap_classes', 'get_dataset', 'list_datasets',
            'random_resized_crop', 'random_hflip', 'Corruption', 'gaussian_noise', 'shot_noise', 'impulse_noise',
-           'disk_kernel', 'defocus_blur', 'motion_kernel', 'motion_blur', 'zoom_blur', 'clipped_zoom',
+           'disk_kernel', 'defocus_blur', 'motion_kernel', 'motion_blur', 'clipped_zoom', 'zoom_blur',
            'gaussian_kernel', 'local_shuffle', 'glass_blur', 'plasma_fractal', 'fog', 'snow', 'contrast', 'brightness',
            'saturate', 'jpeg_compression', 'pixelate', 'elastic_transform', 'image_seeds', 'check_severity', 'corrupt',
            'corruption_names', 'CorruptedDataset', 'corruption_cache', 'dataset_fingerprint', 'corrupt_dataset']
@@ -39,12 +39,14 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images[idx].float().div_(255), self.targets[idx]
     def __repr__(self): return f"ImageDataset({self.name!r}, {len(self)} images {tuple(self.images.shape[1:])}, {len(self.classes)} classes)"
 
+# %% ../nbs/01_data.ipynb #472fb282
 def load_batch(ds, idx):
     "A batch `(x, y)` from any dataset: `ds.get_batch` when it has one, else stacked items."
     if hasattr(ds, 'get_batch'): return ds.get_batch(idx)
     items = [ds[int(i)] for i in idx]
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
+# %% ../nbs/01_data.ipynb #d9287cab
 def subset(ds:ImageDataset, n:int, seed:int=0) -> ImageDataset:
     "The first `n` images of a seeded permutation of `ds`."
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
@@ -60,6 +62,7 @@ class TensorPair(torch.utils.data.Dataset):
     def get_batch(self, idx): return self.x[idx], self.y[idx]
     def __repr__(self): return f"TensorPair({self.name!r}, {len(self)} images)"
 
+# %% ../nbs/01_data.ipynb #66b01119
 def as_dataset(data):
     "A dataset from a Dataset or an `(images, labels)` pair — what every function taking `data` accepts."
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor): return TensorPair(*data)
@@ -116,6 +119,7 @@ def _register(name, description):
 def check_split(split):
     if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
 
+# %% ../nbs/01_data.ipynb #bf6664fa
 @_register('fashion-mnist', 'Fashion-MNIST, 60k/10k grey 28×28 (embedded, MIT), resized to img_size')
 def fashion_mnist(split='train', root=None, img_size=32, channels=3):
     "Fashion-MNIST from the embedded IDX files (or `root`)."
@@ -163,6 +167,7 @@ class CifarUnpickler(pickle.Unpickler):
                              f"cifar-10-python.tar.gz.")
     def persistent_load(self, pid): raise NotACifarBatch(f"{self.path}: persistent id {pid!r} — not a CIFAR-10 batch.")
 
+# %% ../nbs/01_data.ipynb #c23875f9
 def read_cifar_batch(path) -> tuple:
     "Images (uint8 N×3×32×32) and labels of one CIFAR-10 python batch, read without running anything in the file."
     with open(path, 'rb') as f:
@@ -177,6 +182,7 @@ def read_cifar_batch(path) -> tuple:
                              f"b'labels' (N ints 0–9).")
     return data.reshape(-1, 3, 32, 32), labels
 
+# %% ../nbs/01_data.ipynb #5ca355ef
 def _cifar_dir(root):
     if root is None:
         raise FileNotFoundError("cifar10 needs root=<folder with the python batches> (data_batch_1..5, test_batch). "
@@ -223,6 +229,7 @@ def write_cifar_batch(path, images, labels, batch_label:str='synthetic batch'):
              b'filenames': [f'synthetic_{i}.png'.encode() for i in range(len(images))]}
     with open(path, 'wb') as f: _Py2Pickler(f, protocol=2).dump(batch)
 
+# %% ../nbs/01_data.ipynb #f8ddc41f
 def synthetic_cifar10(root, n:int=10, seed:int=0) -> Path:
     "A standard `cifar-10-batches-py` folder in `root` with `n` random images per batch (for tests and dry runs)."
     d = Path(root) / 'cifar-10-batches-py'; d.mkdir(parents=True, exist_ok=True)
@@ -315,6 +322,7 @@ def _cifar10_1(version):
 _register('cifar10.1', 'CIFAR-10.1 v6, 2,000 new CIFAR-10-like test images: root holds cifar10.1_v6_{data,labels}.npy')(_cifar10_1('v6'))
 _register('cifar10.1-v4', 'CIFAR-10.1 v4 (2,021 images): root holds cifar10.1_v4_{data,labels}.npy')(_cifar10_1('v4'))
 
+# %% ../nbs/01_data.ipynb #28bd491e
 def _shift_spec(name, spec) -> tuple:
     "'fog:3' → ('fog', 3), with errors that show the syntax."
     parts = (spec or '').split(':')
@@ -341,6 +349,7 @@ def cifar10_c(split='test', root=None, img_size=32, channels=3, spec=None):
     return ImageDataset(to_uint8_images(x, img_size, channels), _labels(labels[rows], d / 'labels.npy', n),
                         CIFAR10_CLASSES, f'cifar10-c:{corruption}:{severity}')
 
+# %% ../nbs/01_data.ipynb #910857ba
 @_register('imagenet-c', 'ImageNet-C: imagenet-c:<corruption>:<severity>, root holds <corruption>/<severity>/<wnid>/*.JPEG')
 def imagenet_c(split='test', root=None, img_size=32, channels=3, spec=None):
     "One corruption at one severity of ImageNet-C, from its folder tree (class folders under `<corruption>/<severity>`)."
@@ -356,6 +365,7 @@ def imagenet_c(split='test', root=None, img_size=32, channels=3, spec=None):
     ds = imagefolder('test', d, img_size, channels); ds.name = f'imagenet-c:{corruption}:{severity}'
     return ds
 
+# %% ../nbs/01_data.ipynb #40e7eaf8
 def _imagenet_variant(name, subdirs=('',)):
     def load(split='test', root=None, img_size=32, channels=3):
         _test_only(name, split)
@@ -371,6 +381,7 @@ _register('imagenet-r', 'ImageNet-R, renditions of 200 classes: root holds <wnid
 _register('imagenet-a', 'ImageNet-A, natural adversarial examples, 200 classes: root holds <wnid>/*.jpg')(_imagenet_variant('imagenet-a'))
 _register('imagenet-sketch', 'ImageNet-Sketch, 1,000 classes: root holds <wnid>/*.JPEG (or sketch/<wnid>/)')(_imagenet_variant('imagenet-sketch', ('sketch', '')))
 
+# %% ../nbs/01_data.ipynb #7d93e876
 def remap_classes(ds:ImageDataset, classes:list) -> ImageDataset:
     "`ds` with its labels renumbered as indices into `classes` (e.g. a 200-class ImageNet-R into a model's 1,000 wnids)."
     pos = {c: i for i, c in enumerate(classes)}
@@ -379,11 +390,11 @@ def remap_classes(ds:ImageDataset, classes:list) -> ImageDataset:
     lut = torch.tensor([pos[c] for c in ds.classes])
     return ImageDataset(ds.images, lut[ds.targets], list(classes), ds.name)
 
+# %% ../nbs/01_data.ipynb #a751e4f0
 _NEEDS_ROOT = {'cifar10', 'imagefolder', 'cifar10.1', 'cifar10.1-v4', 'cifar10-c', 'imagenet-c', 'imagenet-r', 'imagenet-a',
                'imagenet-sketch'}
 _WITH_SPEC = {'cifar10-c', 'imagenet-c'}   # name:<corruption>:<severity>
 
-# %% ../nbs/01_data.ipynb #14f56b42
 def get_dataset(name:str, split:str='train', root=None, img_size:int=32, channels:int=3,
                 corruption:str|None=None, severity:int=3, seed:int=0, cache=None) -> ImageDataset:
     "A dataset of `(float C×H×W in [0,1], int label)` by name (see `list_datasets()`), optionally shifted by a `corruption`."
@@ -396,6 +407,7 @@ def get_dataset(name:str, split:str='train', root=None, img_size:int=32, channel
     if corruption is None: return ds
     return corrupt_dataset(ds, corruption, severity, seed, cache=cache)   # defined in "Common corruptions" below
 
+# %% ../nbs/01_data.ipynb #74624cd6
 def list_datasets() -> list:
     "Each registered dataset with a description and whether it can be loaded here without a root."
     def available(n):
@@ -422,11 +434,13 @@ def random_resized_crop(x, scale=(0.2, 1.0), ratio=(3/4, 4/3), generator=None):
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False).clamp(0, 1)
 
+# %% ../nbs/01_data.ipynb #91860d5e
 def random_hflip(x, p=0.5, generator=None):
     "Flip each image left-right with probability `p`."
     flip = (_rand(x.shape[0], generator, x.device) < p).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(-1), x)
 
+# %% ../nbs/01_data.ipynb #66cafe68
 AUGMENTATIONS = Registry('augmentation')
 AUGMENTATIONS['none'] = lambda x, generator=None: x
 AUGMENTATIONS['flip'] = lambda x, generator=None: random_hflip(x, generator=generator)
@@ -464,18 +478,20 @@ def gaussian_noise(x, c, gens):
     "Additive Gaussian noise with standard deviation `c`."
     return x + c * _randn(x, gens)
 
+# %% ../nbs/01_data.ipynb #64954fcc
 @_corruption('shot_noise', 'noise', [500, 250, 100, 75, 50], random=True)
 def shot_noise(x, c, gens):
     "Poisson (photon) noise with `c` photons at full intensity."
     return torch.stack([torch.poisson(xi * c, generator=g) for xi, g in zip(x.double(), gens)]).to(x) / c
 
+# %% ../nbs/01_data.ipynb #336c1b95
 @_corruption('impulse_noise', 'noise', [.01, .02, .03, .05, .07], random=True)
 def impulse_noise(x, c, gens):
     "Salt-and-pepper noise: a fraction `c` of the values set to 0 or 1 (half each)."
     u = _uniform(x, gens)
     return torch.where(u < c / 2, torch.zeros_like(x), torch.where(u < c, torch.ones_like(x), x))
 
-# %% ../nbs/01_data.ipynb #64954fcc
+# %% ../nbs/01_data.ipynb #0ba8a73a
 def _filter(x, kernels, padding='reflect'):
     "Convolve each image with its own (or one shared) K×K kernel, every channel alike."
     n, ch, h, w = x.shape
@@ -492,12 +508,14 @@ def disk_kernel(radius:float, alias_blur:float) -> torch.Tensor:
     d = (xx ** 2 + yy ** 2 <= radius ** 2).float(); d /= d.sum()
     return gaussian_blur(d[None, None], [3, 3], [alias_blur])[0, 0]
 
+# %% ../nbs/01_data.ipynb #8375ad83
 @_corruption('defocus_blur', 'blur', [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)])
 def defocus_blur(x, c, gens):
     "Out-of-focus blur: convolution with an anti-aliased disk of radius `c[0]`."
     s = _scale(x)
     return _filter(x, disk_kernel(c[0] * s, c[1] * s))
 
+# %% ../nbs/01_data.ipynb #e6dc83d6
 def motion_kernel(radius:float, sigma:float, angle:float) -> torch.Tensor:
     "One-sided motion-blur kernel: Gaussian weights along a line at `angle` degrees (ImageMagick's `-motion-blur`)."
     width = 2 * math.ceil(radius) + 1
@@ -507,6 +525,7 @@ def motion_kernel(radius:float, sigma:float, angle:float) -> torch.Tensor:
         k[width - 1 + round(t * math.sin(a)), width - 1 + round(t * math.cos(a))] += math.exp(-t * t / (2 * sigma * sigma))
     return k / k.sum()
 
+# %% ../nbs/01_data.ipynb #fc0a4c40
 @_corruption('motion_blur', 'blur', [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)], random=True)
 def motion_blur(x, c, gens):
     "Motion blur of radius `c[0]`, σ `c[1]`, in a direction drawn uniformly from ±45° per image."
@@ -514,6 +533,15 @@ def motion_blur(x, c, gens):
     angles = [float(torch.rand(1, generator=g)) * 90 - 45 for g in gens]
     return _filter(x, torch.stack([motion_kernel(c[0] * s, c[1] * s, a) for a in angles]), padding='replicate')
 
+# %% ../nbs/01_data.ipynb #9c7e4053
+def clipped_zoom(x, z:float) -> torch.Tensor:
+    "The centre of `x` enlarged by the factor `z` (bilinear), cropped back to the input size (ImageNet-C's `clipped_zoom`)."
+    h = x.shape[-1]; ch = math.ceil(h / z); top = (h - ch) // 2
+    big = F.interpolate(x[..., top:top + ch, top:top + ch], size=round(ch * z), mode='bilinear', align_corners=True)
+    t = (big.shape[-1] - h) // 2
+    return big[..., t:t + h, t:t + h]
+
+# %% ../nbs/01_data.ipynb #7c6551ee
 @_corruption('zoom_blur', 'blur', [(1, 1.06), (1, 1.11), (1, 1.16), (1, 1.21), (1, 1.26)])
 def zoom_blur(x, c, gens):
     "Mean of the image and its centre zooms by factors 1, 1.01, … up to `c[1]` (bilinear)."
@@ -521,13 +549,6 @@ def zoom_blur(x, c, gens):
     out = x.clone()
     for z in zooms: out += clipped_zoom(x, z)
     return out / (len(zooms) + 1)
-
-def clipped_zoom(x, z:float) -> torch.Tensor:
-    "The centre of `x` enlarged by the factor `z` (bilinear), cropped back to the input size (ImageNet-C's `clipped_zoom`)."
-    h = x.shape[-1]; ch = math.ceil(h / z); top = (h - ch) // 2
-    big = F.interpolate(x[..., top:top + ch, top:top + ch], size=round(ch * z), mode='bilinear', align_corners=True)
-    t = (big.shape[-1] - h) // 2
-    return big[..., t:t + h, t:t + h]
 
 # %% ../nbs/01_data.ipynb #653ebe52
 def gaussian_kernel(sigma:float, truncate:float=4.0) -> torch.Tensor:
@@ -538,6 +559,7 @@ def gaussian_kernel(sigma:float, truncate:float=4.0) -> torch.Tensor:
     k = k / k.sum()
     return (k[:, None] * k[None]).float()
 
+# %% ../nbs/01_data.ipynb #23da4cb3
 def local_shuffle(x, delta:int, iterations:int, gens) -> torch.Tensor:
     "Sweep each image from the bottom right, swapping every pixel with one at offsets in [−δ, δ) (ImageNet-C's glass shuffle)."
     n, ch, h, w = x.shape
@@ -551,6 +573,7 @@ def local_shuffle(x, delta:int, iterations:int, gens) -> torch.Tensor:
             out[b, :, i, j] = out[b, :, i2, j2]; out[b, :, i2, j2] = here
     return out
 
+# %% ../nbs/01_data.ipynb #fbad7a00
 @_corruption('glass_blur', 'blur', [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)], random=True)
 def glass_blur(x, c, gens):
     "Gaussian blur (σ `c[0]`), `c[2]` sweeps of local pixel swaps (δ `c[1]`), Gaussian blur again."
@@ -581,6 +604,7 @@ def plasma_fractal(gens, mapsize:int=32, wibbledecay:float=3) -> torch.Tensor:
     a = a - a.amin((1, 2), keepdim=True)
     return a / a.amax((1, 2), keepdim=True)
 
+# %% ../nbs/01_data.ipynb #26f2c618
 @_corruption('fog', 'weather', [(.2, 3), (.5, 3), (.75, 2.5), (1, 2), (1.5, 1.75)], random=True)
 def fog(x, c, gens):
     "A grey fractal haze of strength `c[0]` (roughness decay `c[1]`) added, then rescaled to keep the image's maximum."
@@ -589,6 +613,7 @@ def fog(x, c, gens):
     top = x.amax((1, 2, 3), keepdim=True)
     return (x + c[0] * haze) * top / (top + c[0])
 
+# %% ../nbs/01_data.ipynb #c5f206dc
 @_corruption('snow', 'weather', [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
                                  (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)], random=True)
 def snow(x, c, gens):
@@ -603,13 +628,14 @@ def snow(x, c, gens):
     x = c[6] * x + (1 - c[6]) * torch.maximum(x, grey * 1.5 + 0.5)
     return x + flakes + flakes.flip(-2, -1)
 
-# %% ../nbs/01_data.ipynb #26f2c618
+# %% ../nbs/01_data.ipynb #2e6f60d3
 @_corruption('contrast', 'colour', [.75, .5, .4, .3, 0.15])
 def contrast(x, c, gens):
     "Contrast reduction: each channel pulled towards its mean by the factor `c`."
     m = x.mean((-2, -1), keepdim=True)
     return (x - m) * c + m
 
+# %% ../nbs/01_data.ipynb #82e01529
 @_corruption('brightness', 'colour', [.05, .1, .15, .2, .3])
 def brightness(x, c, gens):
     "Brightness: the HSV value V raised by `c` (exact in RGB: HSV→RGB is linear in V)."
@@ -617,6 +643,7 @@ def brightness(x, c, gens):
     v2 = (v + c).clamp(0, 1)
     return torch.where(v > 0, x * v2 / v.clamp_min(1e-12), v2.expand_as(x))
 
+# %% ../nbs/01_data.ipynb #83531027
 @_corruption('saturate', 'colour', [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)], colour_only=True)
 def saturate(x, c, gens):
     "Saturation change in HSV: S ← S·c[0] + c[1] (matplotlib's HSV conversion)."
@@ -625,7 +652,7 @@ def saturate(x, c, gens):
     hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)
     return torch.from_numpy(hsv_to_rgb(hsv)).permute(0, 3, 1, 2).to(x)
 
-# %% ../nbs/01_data.ipynb #c5f206dc
+# %% ../nbs/01_data.ipynb #cf7a2996
 @_corruption('jpeg_compression', 'digital', [80, 65, 58, 50, 40])
 def jpeg_compression(x, c, gens):
     "JPEG round trip of the 8-bit image at quality `c` (PIL's encoder, as in ImageNet-C)."
@@ -639,6 +666,7 @@ def jpeg_compression(x, c, gens):
     out = torch.from_numpy(np.stack([rt(np.ascontiguousarray(i)) for i in a]))
     return (out[:, None] if out.ndim == 3 else out.permute(0, 3, 1, 2)).to(x) / 255
 
+# %% ../nbs/01_data.ipynb #a16779a4
 @_corruption('pixelate', 'digital', [0.95, 0.9, 0.85, 0.75, 0.65])
 def pixelate(x, c, gens):
     "Box-resampling to `c` of the side and back (PIL's BOX filter on float channels)."
@@ -648,6 +676,7 @@ def pixelate(x, c, gens):
     a = x.float().numpy()
     return torch.from_numpy(np.stack([[box(ch) for ch in img] for img in a])).to(x)
 
+# %% ../nbs/01_data.ipynb #793274bc
 # CIFAR-10-C's elastic levels are not ordered (its level 1 has the largest affine jitter and moves pixels more than its
 # level 5); here both the jitter and the field grow with severity, around its level-5 field (σ = 0.03·side).
 @_corruption('elastic_transform', 'digital', [(.04, .03, .01), (.06, .03, .02), (.08, .03, .03), (.1, .03, .04), (.12, .03, .05)],
@@ -679,11 +708,13 @@ def image_seeds(seed:int, corruption:str, severity:int, index) -> list:
     base = int.from_bytes(hashlib.sha256(f"{seed}/{corruption}/{severity}".encode()).digest()[:8], 'little')
     return [(base + 0x9E3779B97F4A7C15 * (int(i) + 1)) % 2**63 for i in index]
 
+# %% ../nbs/01_data.ipynb #4efc72d7
 def check_severity(severity) -> int:
     if isinstance(severity, bool) or int(severity) != severity or not 0 <= int(severity) <= 5:
         raise ValueError(f"severity must be an integer 0–5 (0 = clean), got {severity!r}.")
     return int(severity)
 
+# %% ../nbs/01_data.ipynb #097cefba
 def corrupt(x:torch.Tensor, corruption:str, severity:int=3, seed:int=0, index=None) -> torch.Tensor:
     "`x` (float N×C×H×W in [0,1]) corrupted by `corruption` at `severity`; image i uses the seed of dataset index `index[i]`."
     check_images(x)
@@ -696,6 +727,7 @@ def corrupt(x:torch.Tensor, corruption:str, severity:int=3, seed:int=0, index=No
     out = spec.fn(x.detach().cpu().float(), spec.params[severity - 1], gens)
     return out.clamp(0, 1).to(device=x.device, dtype=x.dtype)
 
+# %% ../nbs/01_data.ipynb #d9ad4dd9
 def corruption_names(channels:int|None=None) -> list:
     "All corruption names, or those that apply to images with `channels` channels."
     return [k for k, v in CORRUPTIONS.items() if channels is None or channels == 3 or not v.colour_only]
@@ -717,11 +749,13 @@ class CorruptedDataset(torch.utils.data.Dataset):
         x, y = self.get_batch([i]); return x[0], int(y[0])
     def __repr__(self): return f"CorruptedDataset({self.name!r}, {len(self)} images)"
 
+# %% ../nbs/01_data.ipynb #0dd9c027
 def corruption_cache(cache=None) -> Path:
     "The folder of cached shifted sets: `cache`, else `$MIMBENCH_CACHE/corruptions`, else `~/.cache/mimbench/corruptions`."
     if cache is not None: return Path(cache)
     return Path(os.environ.get('MIMBENCH_CACHE', Path.home() / '.cache' / 'mimbench')) / 'corruptions'
 
+# %% ../nbs/01_data.ipynb #be266c4a
 CORRUPTION_VERSION = 1   # bump when a corruption's pixels change, so old cache files are not reused
 
 def dataset_fingerprint(ds, batch_size:int=2000) -> str:
@@ -734,6 +768,7 @@ def dataset_fingerprint(ds, batch_size:int=2000) -> str:
             h.update(x.float().numpy().tobytes()); h.update(y.numpy().tobytes())
     return h.hexdigest()[:12]
 
+# %% ../nbs/01_data.ipynb #1980c99d
 def corrupt_dataset(ds, corruption:str, severity:int=3, seed:int=0, cache=None, batch_size:int=1000,
                     fingerprint:str|None=None) -> ImageDataset:
     "The shifted copy of `ds` as an in-memory `ImageDataset`, read from the cache or computed and cached (`cache=False`: never)."
