@@ -11,7 +11,7 @@ from fastcore.script import Param, anno_parser, store_true
 # %% auto #0
 __all__ = ['INFO_KINDS', 'COMMANDS', 'USER_ERRORS', 'command_parser', 'as_train_config', 'pretrain', 'finetune', 'adopt',
            'static_registrations', 'static_constant', 'info_text', 'info', 'demo_configs', 'run_demo', 'demo',
-           'find_commands', 'load_command', 'usage', 'dashes_to_underscores', 'main', 'user_error', 'run_command',
+           'find_commands', 'load_command', 'usage', 'dashes_to_underscores', 'user_error', 'run_command', 'main',
            'train_options_markdown']
 
 # %% ../nbs/20_cli.ipynb #b76e53a7
@@ -36,11 +36,13 @@ def command_parser(func, prog:str|None=None):
     add_config_options(p, TrainConfig, defaults=defaults, skip=('task', *getattr(func, 'fixed', ()), *params))
     return p
 
+# %% ../nbs/20_cli.ipynb #45e941f1
 def as_train_config(cfg):
     "`cfg` as a `TrainConfig` (a command's default `cfg` is a dict of settings)."
     from mimbench.train import TrainConfig
     return cfg if isinstance(cfg, TrainConfig) else TrainConfig(**cfg)
 
+# %% ../nbs/20_cli.ipynb #0b88c319
 def _report(run):
     print(json.dumps(run.result, indent=2))
     print(f"run directory: {run.dir}")
@@ -68,7 +70,7 @@ def finetune(cfg=dict(task='finetune', recipe='ce', blr=1e-3, layer_decay=0.75, 
     from mimbench.train import train
     _report(train(cfg, stale=_stale(stale, allow_stale)))
 
-
+# %% ../nbs/20_cli.ipynb #9e811010
 def adopt(runs:str):  # run directories, comma-separated (made before code versions were recorded)
     "Record today's code version in runs you vouch for, so they are no longer stale (see `mimbench info`)."
     from mimbench.train import adopt_run
@@ -176,6 +178,7 @@ def info_text(out='runs') -> str:
         lines.append(f"  {c.parent.name}: {state}" + (f"\n    STALE, made by other code: {'; '.join(why)}" if why else ''))
     return '\n'.join(lines)
 
+# %% ../nbs/20_cli.ipynb #a98f4add
 def info(out:str='runs'):  # folder holding run directories
     "List datasets, model presets, recipes, attacks and existing runs."
     print(info_text(out))
@@ -191,6 +194,7 @@ def demo_configs(out='runs', pretrain_epochs=4, finetune_epochs=3, n_train=None,
                      layer_decay=0.75, augment='flip', n_train=n_train, eval_split=None, out=out, progress=progress)
     return pre, ft
 
+# %% ../nbs/20_cli.ipynb #2c7a697d
 def run_demo(out='runs', pretrain_epochs=4, finetune_epochs=3, n_train=None, progress=True) -> dict:
     "Pretrain an MAE, fine-tune it, evaluate on the full test set and write figures; returns the summary."
     from mimbench.data import get_dataset, load_batch
@@ -222,6 +226,7 @@ def run_demo(out='runs', pretrain_epochs=4, finetune_epochs=3, n_train=None, pro
     write_json(ft_run.dir / 'demo.json', summary)
     return summary
 
+# %% ../nbs/20_cli.ipynb #a7333eed
 def demo(out:str='runs',              # folder holding run directories
          pretrain_epochs:int=4,        # MAE pretraining epochs
          finetune_epochs:int=3,        # fine-tuning epochs
@@ -248,12 +253,14 @@ def find_commands(package:str='mimbench') -> dict:
                     out[node.name[4:].replace('_', '-')] = (f"{package}.{f.stem}", node.name, doc[0] if doc else '')
     return out
 
+# %% ../nbs/20_cli.ipynb #c0884e90
 def load_command(entry):
     "The function behind a command: itself, or the `cli_` function of the module `find_commands` named (imported now)."
     if callable(entry): return entry
     import importlib
     return getattr(importlib.import_module(entry[0]), entry[1])
 
+# %% ../nbs/20_cli.ipynb #6fca3610
 def usage(commands) -> str:
     lines = ['usage: mimbench COMMAND [--help] [options]', '', 'commands:']
     w = max(map(len, commands))
@@ -262,12 +269,43 @@ def usage(commands) -> str:
         lines.append(f"  {name:<{w}}  {doc}")
     return '\n'.join(lines)
 
+# %% ../nbs/20_cli.ipynb #f5196d45
 def dashes_to_underscores(arg:str) -> str:
     "`--n-train=5` → `--n_train=5`, so flags work in either spelling (fastcore names them with underscores)."
     if not arg.startswith('--'): return arg
     flag, eq, val = arg.partition('=')
     return flag.replace('-', '_').replace('__', '--', 1) + eq + val
 
+# %% ../nbs/20_cli.ipynb #57c8a604
+# What bad input raises (a missing file, a wrong checkpoint, an unknown name, a bad value): the message is the answer,
+# the traceback is noise. The type alone cannot tell: `d['k']` on a missing key, `len(None)` or unpacking too many values
+# raise KeyError/TypeError/ValueError from a bug, and those keep their traceback. What counts is who raised it: a
+# `raise` statement in mimbench's own code (our message: ImageError, CheckpointError, an unknown registry name, ...).
+USER_ERRORS = (ValueError, KeyError, TypeError)
+
+def user_error(e:BaseException, package:str='mimbench') -> bool:
+    "Is `e` the user's mistake: a missing file, or one of `USER_ERRORS` that `package`'s code raised on purpose (a `raise` statement)?"
+    if isinstance(e, FileNotFoundError): return True
+    if not isinstance(e, USER_ERRORS) or (tb := e.__traceback__) is None: return False
+    while tb.tb_next: tb = tb.tb_next                     # the frame the exception started in
+    code = tb.tb_frame.f_code
+    if tb.tb_frame.f_globals.get('__name__', '').split('.')[0] != package: return False
+    import dis
+    return any(i.offset == tb.tb_lasti and i.opname == 'RAISE_VARARGS' for i in dis.get_instructions(code))
+
+# %% ../nbs/20_cli.ipynb #88e0b602
+def run_command(func, argv:list, prog:str):
+    "Parse `argv` with the command's parser (`command_parser`) and call it; a `cfg` parameter receives the `TrainConfig`."
+    import inspect
+    args = vars(command_parser(func, prog=prog).parse_args(argv))
+    for k in ('xtra', 'pdb'): args.pop(k, None)
+    params = inspect.signature(func).parameters
+    if 'cfg' not in params: return func(**args)
+    own = {k: args.pop(k) for k in list(args) if k in params}
+    fixed = {k: v for k, v in params['cfg'].default.items() if k not in args}   # `task` and the command's `fixed` fields
+    return func(as_train_config({**fixed, **args}), **own)
+
+# %% ../nbs/20_cli.ipynb #998441bd
 def main(argv=None):
     "Console-script entry point."
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -288,33 +326,7 @@ def main(argv=None):
         return 1
     return 0
 
-# What bad input raises (a missing file, a wrong checkpoint, an unknown name, a bad value): the message is the answer,
-# the traceback is noise. The type alone cannot tell: `d['k']` on a missing key, `len(None)` or unpacking too many values
-# raise KeyError/TypeError/ValueError from a bug, and those keep their traceback. What counts is who raised it: a
-# `raise` statement in mimbench's own code (our message: ImageError, CheckpointError, an unknown registry name, ...).
-USER_ERRORS = (ValueError, KeyError, TypeError)
-
-def user_error(e:BaseException, package:str='mimbench') -> bool:
-    "Is `e` the user's mistake: a missing file, or one of `USER_ERRORS` that `package`'s code raised on purpose (a `raise` statement)?"
-    if isinstance(e, FileNotFoundError): return True
-    if not isinstance(e, USER_ERRORS) or (tb := e.__traceback__) is None: return False
-    while tb.tb_next: tb = tb.tb_next                     # the frame the exception started in
-    code = tb.tb_frame.f_code
-    if tb.tb_frame.f_globals.get('__name__', '').split('.')[0] != package: return False
-    import dis
-    return any(i.offset == tb.tb_lasti and i.opname == 'RAISE_VARARGS' for i in dis.get_instructions(code))
-
-def run_command(func, argv:list, prog:str):
-    "Parse `argv` with the command's parser (`command_parser`) and call it; a `cfg` parameter receives the `TrainConfig`."
-    import inspect
-    args = vars(command_parser(func, prog=prog).parse_args(argv))
-    for k in ('xtra', 'pdb'): args.pop(k, None)
-    params = inspect.signature(func).parameters
-    if 'cfg' not in params: return func(**args)
-    own = {k: args.pop(k) for k in list(args) if k in params}
-    fixed = {k: v for k, v in params['cfg'].default.items() if k not in args}   # `task` and the command's `fixed` fields
-    return func(as_train_config({**fixed, **args}), **own)
-
+# %% ../nbs/20_cli.ipynb #3cc07cab
 def train_options_markdown() -> str:
     "The README's table of the training options (every `TrainConfig` field but `task`), with `pretrain`'s and `finetune`'s defaults."
     import inspect

@@ -192,3 +192,12 @@ def test_user_errors_of_real_commands_are_one_line(tmp_path):
     r = subprocess.run([str(BIN / 'mimbench'), 'eval', str(tmp_path / 'no-run')], capture_output=True, text=True,
                        env={**ENV, 'MIMBENCH_DEBUG': '1'})
     assert r.returncode == 1 and 'Traceback' in r.stderr
+
+def test_demo_pipeline_end_to_end(tmp_path):
+    "`mimbench demo`'s pipeline on 256 training images, one epoch each: both runs, the figures and demo.json, the full test set."
+    from mimbench.cli import run_demo
+    s = run_demo(tmp_path, 1, 1, n_train=256, progress=False)
+    assert s['test_images'] == 10_000 and 0 <= s['test_accuracy'] <= 1
+    assert Path(s['pretrain_run']).parent == tmp_path and Path(s['finetune_run']).parent == tmp_path
+    assert Path(s['reconstructions']).stat().st_size > 0 and Path(s['training_curves']).stat().st_size > 0
+    assert json.loads((Path(s['finetune_run']) / 'demo.json').read_text()) == s
