@@ -67,9 +67,7 @@ SETTINGS = {                                     # notebook → phrases that hol
 }
 # Notebooks whose prose another owner is cleaning (the offending lines are in /work/requests/): reported, not failed.
 PENDING = {
-    '01_data': 'helper-15: typed mean |Δ| of glass_blur per severity; offending line in /work/requests/helper-15.md',
     '02_models': 'helper-15: typed CPU speed-ups of rpe_logits; offending line in /work/requests/helper-15.md',
-    '20_cli': 'helper-14: typed import time ("about 4 s") and run time ("about ten minutes"); offending lines in /work/requests/helper-14.md',
     'nim_de3': 'helper-17: typed run times of a rerun ("training ≈ 20 min, …"); offending line in /work/requests/helper-17.md',
 }
 
