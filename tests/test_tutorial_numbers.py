@@ -33,9 +33,9 @@ RESULT = re.compile(r"""(?x)
   | (?<![\w./])[+±−-]?\d*\.\d+(?![\w/]|\.\d)                                          # 0.52, 67.4, .438 (not 1.5e-4, not 0.5/388)
   | (?<![\w.×/−-])\d+\s*×(?!\s*\d)                                                   # 6× faster (not 32×32, not 1e-5 ×)
   | (?<![\w./])\d[\d,]*\s*(?:ms|s|sec|seconds?|min|minutes?|h|hours?|[KMGT]i?B)\b    # 4 s, 72 ms, 20 min, 1335 MB
-  | \b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty|
-       a\ hundred|hundreds\ of|a\ thousand)\s+(?:seconds?|minutes?|hours?)\b                  # about ten seconds, two minutes
-  | \b(?:two|three|four|five|six|seven|eight|nine|ten)\s+times\s+(?:faster|slower|more|less|larger|smaller)\b  # three times faster
+  | (?i:\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty|
+       a\ hundred|hundreds\ of|a\ thousand)\s+(?:seconds?|minutes?|hours?)\b)                 # about ten seconds, two minutes
+  | (?i:\b(?:two|three|four|five|six|seven|eight|nine|ten)\s+times\s+(?:faster|slower|more|less|larger|smaller)\b)  # three times faster
 """)
 SOURCE = re.compile(r"\bpaper(?![\s-]+code)|\bet al\.|\bTable\s+\d|\bTab\.\s*\d|\bFig\.\s*\d|\b(?:19|20)\d\d\b")
 
@@ -126,6 +126,7 @@ def test_the_rule():
     assert flagged("It trains in about ten seconds, the full run in two hours, three times faster.") == \
         ['ten seconds', 'two hours', 'three times faster']
     assert flagged("One epoch on one core; a few minutes; well under a minute; ten images.") == []
+    assert flagged("Ten seconds later.") == ['Ten seconds']
 
 def test_covers_every_notebook(tmp_path):
     "Every nbs/*.ipynb and nbs/tutorials/*.ipynb is checked; a new notebook with a typed percentage in its prose fails."
