@@ -21,9 +21,9 @@ __all__ = ['PRESETS', 'RPE_ALPHA', 'RPE_BETA', 'RPE_GAMMA', 'MODEL_BUILDERS', 'C
            'patchify', 'unpatchify', 'random_masking', 'sincos_pos_embed', 'grid_coords', 'sincos_table',
            'piecewise_index', 'relaxed_index', 'table_radius', 'grid_offsets', 'rpe_taps', 'rpe_logits',
            'RelativePositions', 'RPEAttention', 'RPEBlock', 'make_blocks', 'record_attention', 'init_weights', 'ViT',
-           'timm_state_dict', 'to_timm', 'MAE', 'per_sample_masked_mean', 'preset_sizes', 'create_encoder',
+           'timm_state_dict', 'to_timm', 'per_sample_masked_mean', 'MAE', 'preset_sizes', 'create_encoder',
            'create_mae', 'create_vit', 'model_builder', 'ClassifierKinds', 'rpe_vit_from_config', 'build_model',
-           'vit_from_mae', 'load_encoder', 'vit_with_new_head', 'CheckpointError', 'save_model', 'read_checkpoint',
+           'load_encoder', 'vit_from_mae', 'vit_with_new_head', 'CheckpointError', 'save_model', 'read_checkpoint',
            'load_weights', 'checkpoint_file', 'load_model']
 
 # %% ../nbs/02_models.ipynb #d8e374ce
@@ -46,6 +46,7 @@ def check_patch_size(img_size:int, patch_size:int):
         divisors = [d for d in range(1, img_size + 1) if img_size % d == 0 and 1 < d < img_size]
         raise ValueError(f"patch_size={patch_size} does not divide img_size={img_size}; use one of {divisors}.")
 
+# %% ../nbs/02_models.ipynb #3c276b7f
 def patchify(imgs, p:int):
     "N×C×H×W → N×L×(p·p·C), patches in row-major order."
     n, c, h, w = imgs.shape
@@ -59,6 +60,7 @@ def unpatchify(x, p:int, c:int):
     x = x.reshape(n, h, w, p, p, c)
     return torch.einsum('nhwpqc->nchpwq', x).reshape(n, c, h * p, w * p)
 
+# %% ../nbs/02_models.ipynb #f316da6c
 def random_masking(x, mask_ratio:float, noise=None):
     "Keep a random `1 - mask_ratio` of the tokens of `x` (N×L×D). Returns kept tokens, mask (1 = removed) and ids_restore."
     n, L, d = x.shape
@@ -84,11 +86,13 @@ def sincos_pos_embed(coords, dim:int):
         out += [angles.sin(), angles.cos()]
     return torch.cat(out, dim=1).float()
 
+# %% ../nbs/02_models.ipynb #70950956
 def grid_coords(grid_size:int, device=None):
     "Integer (row, col) coordinates of a square token grid, row-major: L×2."
     r, c = torch.meshgrid(torch.arange(grid_size, device=device), torch.arange(grid_size, device=device), indexing='ij')
     return torch.stack([r.flatten(), c.flatten()], 1).float()
 
+# %% ../nbs/02_models.ipynb #57666f28
 def sincos_table(grid_size:int, dim:int, cls_token=True):
     "The fixed 1×(1+L)×dim position table with a zero row for the cls token."
     pe = sincos_pos_embed(grid_coords(grid_size), dim)
@@ -105,12 +109,14 @@ def piecewise_index(x, alpha=RPE_ALPHA, beta=RPE_BETA, gamma=RPE_GAMMA):
     far = torch.sign(x) * (alpha + torch.log(ax.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)).round().clamp(max=beta).trunc()
     return torch.where(ax <= alpha, x.round(), far)
 
+# %% ../nbs/02_models.ipynb #2e8c85d5
 def relaxed_index(x, alpha=RPE_ALPHA, beta=RPE_BETA, gamma=RPE_GAMMA):
     "AdPE's relaxed index g̃(x): x for |x| ≤ α, else sign(x)·min(β, α + ln(|x|/α)/ln(γ/α)·(β − α)); differentiable in x."
     ax = x.abs()
     far = torch.sign(x) * (alpha + torch.log(ax.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)).clamp(max=beta)
     return torch.where(ax <= alpha, x, far)
 
+# %% ../nbs/02_models.ipynb #1320d970
 def table_radius(beta=RPE_BETA) -> int:
     "Half-width K of the (2K+1)² relative-position table: ⌈β⌉."
     return int(math.ceil(beta))
@@ -122,6 +128,7 @@ def grid_offsets(g:int, device=None):
     d = c[:, None, :] - c[None, :, :]
     return d[..., 0], d[..., 1]
 
+# %% ../nbs/02_models.ipynb #8a634143
 def rpe_taps(g:int, delta=None, device=None, alpha=RPE_ALPHA, beta=RPE_BETA, gamma=RPE_GAMMA, cls_token=True):
     "Bilinear taps of the relaxed 2-D index for all token pairs (offsets + `delta` = (δ_row, δ_col)): (idx, w), each 4×N×N (4×layers×N×N for layers×2 δ)."
     K = table_radius(beta); S = 2 * K + 1
@@ -150,6 +157,7 @@ def rpe_logits(q, table, taps, lookup_first:bool|None=None):
     n, h, lq, _ = scores.shape
     return sum(w[t] * scores.gather(-1, idx[t].expand(n, h, lq, -1)) for t in range(len(idx)))
 
+# %% ../nbs/02_models.ipynb #59c94a0d
 class RelativePositions:
     "The relative-position term of one forward pass: the taps of every token pair; `logits(q, table)` → N×H×L×L."
     def __init__(self, taps): self.taps = taps
@@ -185,6 +193,7 @@ class RPEAttention(Attention):
         x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(x)))
 
+# %% ../nbs/02_models.ipynb #d2fa1445
 class RPEBlock(Block):
     "A timm `Block` whose attention is `RPEAttention` (iRPE index parameters `rpe_args`); `forward(x, pos=None)`."
     def __init__(self, dim, num_heads, mlp_ratio=4., qkv_bias=True, drop_path=0., norm_layer=_norm_layer, **rpe_args):
@@ -195,6 +204,7 @@ class RPEBlock(Block):
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, pos=pos)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
+# %% ../nbs/02_models.ipynb #35b677fe
 def make_blocks(depth:int, dim:int, num_heads:int, mlp_ratio=4., drop_path_rates=None, rpe:bool|dict|None=None) -> nn.ModuleList:
     "`depth` transformer blocks: timm `Block`s, or `RPEBlock`s when `rpe` is True or a dict of iRPE index parameters."
     rpe_args = rpe if isinstance(rpe, dict) else {}
@@ -217,6 +227,7 @@ def record_attention(model):
         for h in handles: h.remove()
         for a, f in zip(attns, fused): a.fused_attn = f
 
+# %% ../nbs/02_models.ipynb #6a15d46b
 def init_weights(model):
     "MAE-reference initialisation: xavier-uniform linears, patch embed as a linear, tokens N(0, 0.02)."
     for name, m in model.named_modules():
@@ -303,6 +314,7 @@ def timm_state_dict(vit:ViT) -> dict:
     "The state dict of `vit` as timm's `VisionTransformer` names it (normalisation buffers dropped)."
     return {k: v for k, v in vit.state_dict().items() if not k.startswith('normalize.')}
 
+# %% ../nbs/02_models.ipynb #8c2ca587
 def to_timm(vit:ViT):
     "An equivalent `timm.models.VisionTransformer` (it expects normalised input)."
     from timm.models.vision_transformer import VisionTransformer
@@ -316,6 +328,12 @@ def to_timm(vit:ViT):
     return m.eval()
 
 # %% ../nbs/02_models.ipynb #324c931f
+def per_sample_masked_mean(loss, mask):
+    "Mean of N×L `loss` over the masked tokens per sample (over all tokens where a sample has none masked)."
+    w = torch.where(mask.sum(1, keepdim=True) > 0, mask, torch.ones_like(mask))
+    return (loss * w).sum(1) / w.sum(1)
+
+# %% ../nbs/02_models.ipynb #4358cab1
 class MAE(nn.Module):
     "Masked autoencoder: `forward(imgs, mask_ratio)` → `(loss, pred, mask)`; images in [0,1]."
     def __init__(self, encoder:ViT, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=16, mlp_ratio=4.,
@@ -390,11 +408,6 @@ class MAE(nn.Module):
         "A ViT classifier (fresh head) starting from this encoder: what fine-tuning from this model uses (`vit_from_mae`)."
         return vit_from_mae(self, num_classes, global_pool or 'token', drop_path_rate)
 
-def per_sample_masked_mean(loss, mask):
-    "Mean of N×L `loss` over the masked tokens per sample (over all tokens where a sample has none masked)."
-    w = torch.where(mask.sum(1, keepdim=True) > 0, mask, torch.ones_like(mask))
-    return (loss * w).sum(1) / w.sum(1)
-
 # %% ../nbs/02_models.ipynb #6be12cf6
 def preset_sizes(preset:str, overrides:dict|None=None) -> dict:
     "The sizes of `preset` (a `ViTSize` as a dict) with the size entries of `overrides` applied; unknown options raise."
@@ -405,6 +418,7 @@ def preset_sizes(preset:str, overrides:dict|None=None) -> dict:
     s.update({k: v for k, v in overrides.items() if k in s})
     return s
 
+# %% ../nbs/02_models.ipynb #cc96aed3
 def create_encoder(sizes:dict, img_size, patch_size, in_chans, num_classes=0, global_pool='token', drop_path_rate=0.,
                    rpe:bool|dict|None=None) -> ViT:
     "The `ViT` of `sizes` (from `preset_sizes`): what every model kind builds its encoder with."
@@ -421,6 +435,7 @@ def create_mae(preset='micro', img_size=32, patch_size=4, in_chans=3, **override
     mae.config = dict(kind='mae', preset=preset, img_size=img_size, patch_size=patch_size, in_chans=in_chans, **overrides)
     return mae
 
+# %% ../nbs/02_models.ipynb #6b313e1e
 def create_vit(preset='micro', img_size=32, patch_size=4, in_chans=3, num_classes=10, global_pool='token',
                drop_path_rate=0., rpe:bool|dict|None=None, **overrides) -> ViT:
     "A ViT classifier of the given preset mapping [0,1] images to logits; `rpe`: relative position embeddings (True or iRPE's α, β, γ)."
@@ -441,6 +456,7 @@ def model_builder(kind:str, classifier:bool=False):
         return f
     return _reg
 
+# %% ../nbs/02_models.ipynb #9ac335bf
 class ClassifierKinds:
     "The kinds whose builders are flagged `classifier` (a live view of `MODEL_BUILDERS`, usable as a tuple of names)."
     def __contains__(self, kind): return kind in MODEL_BUILDERS and getattr(MODEL_BUILDERS[kind], 'classifier', False)
@@ -454,11 +470,13 @@ CLASSIFIER_KINDS = ClassifierKinds()
 model_builder('mae')(create_mae)
 model_builder('vit', classifier=True)(create_vit)
 
+# %% ../nbs/02_models.ipynb #2e36ff94
 @model_builder('rpe-vit', classifier=True)
 def rpe_vit_from_config(rpe_args:dict|None=None, **config) -> ViT:
     "Rebuild a checkpoint of the old kind 'rpe-vit' (config `rpe_args`) as `create_vit(..., rpe=...)`."
     return create_vit(**config, rpe=rpe_args or True)
 
+# %% ../nbs/02_models.ipynb #8ef2c64a
 def build_model(config:dict):
     "Rebuild a model from its `config` (as stored in checkpoints)."
     c = dict(config); kind = c.pop('kind', None)
@@ -467,11 +485,6 @@ def build_model(config:dict):
     return MODEL_BUILDERS[kind](**c)
 
 # %% ../nbs/02_models.ipynb #45c7801f
-def vit_from_mae(mae:MAE, num_classes=10, global_pool='token', drop_path_rate=0.) -> ViT:
-    "A classifier whose encoder starts from `mae`'s encoder weights (fresh head)."
-    c = {k: v for k, v in mae.config.items() if k not in ('kind', 'norm_pix_loss')}
-    return load_encoder(create_vit(**c, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate), mae)
-
 def load_encoder(vit:ViT, mae:MAE) -> ViT:
     "Copy `mae`'s encoder weights into the classifier `vit`; only its head (and under avg pooling its final norm) stay fresh."
     own = vit.state_dict()
@@ -480,6 +493,13 @@ def load_encoder(vit:ViT, mae:MAE) -> ViT:
     assert all(k.startswith(('head', 'fc_norm', 'norm.')) for k in missing), missing
     return vit
 
+# %% ../nbs/02_models.ipynb #1a4e637f
+def vit_from_mae(mae:MAE, num_classes=10, global_pool='token', drop_path_rate=0.) -> ViT:
+    "A classifier whose encoder starts from `mae`'s encoder weights (fresh head)."
+    c = {k: v for k, v in mae.config.items() if k not in ('kind', 'norm_pix_loss')}
+    return load_encoder(create_vit(**c, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate), mae)
+
+# %% ../nbs/02_models.ipynb #d857e659
 def vit_with_new_head(vit:ViT, num_classes:int=10, global_pool:str|None=None, drop_path_rate:float=0.) -> ViT:
     "A classifier with `vit`'s weights and a fresh `num_classes`-way head (`global_pool` default: `vit`'s own)."
     pool = global_pool or vit.global_pool
@@ -501,6 +521,7 @@ def save_model(path, model, **metadata):
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda p: save_file(state, str(p), metadata=meta))
 
+# %% ../nbs/02_models.ipynb #fdc775c4
 def read_checkpoint(path):
     "Tensors and mimbench metadata of a safetensors checkpoint, with clear errors for bad files."
     from safetensors import safe_open
@@ -518,6 +539,7 @@ def read_checkpoint(path):
                               f"Load it with `model.load_state_dict(safetensors.torch.load_file(...))` into a matching model.")
     return tensors, json.loads(meta['mimbench'])
 
+# %% ../nbs/02_models.ipynb #bad3bcaf
 def load_weights(model, state:dict, source='checkpoint'):
     "Load `state` into `model` strictly, explaining architecture mismatches."
     own = model.state_dict()
@@ -531,6 +553,7 @@ def load_weights(model, state:dict, source='checkpoint'):
     model.load_state_dict(state)
     return model
 
+# %% ../nbs/02_models.ipynb #d1030d6d
 def checkpoint_file(path) -> Path:
     "The model checkpoint of a run directory (its `model.safetensors`) or `path` itself when it is a file."
     p = Path(path)
@@ -539,6 +562,7 @@ def checkpoint_file(path) -> Path:
         raise FileNotFoundError(f"{p} has no model.safetensors: is the run finished? Re-run its command to resume it.")
     return p / 'model.safetensors'
 
+# %% ../nbs/02_models.ipynb #f1d6ad6a
 def load_model(path, expect_kind:str|tuple|None=None):
     "Rebuild the model stored in a mimbench checkpoint (a file or a run directory); returns `(model, metadata)`."
     path = checkpoint_file(path)
