@@ -257,8 +257,10 @@ def build_run(cfg:TrainConfig):
         return model, pretext
     if cfg.task == 'finetune':
         objective = FINETUNE_OBJECTIVES[cfg.recipe](**cfg.recipe_args)
-        if cfg.init:
-            init = load_init(cfg.init)
+        init = load_init(cfg.init) if cfg.init else None
+        if hasattr(objective, 'finetune_model'):   # the recipe builds what it trains (e.g. TTFP: prompts around a frozen classifier)
+            return objective.finetune_model(cfg, init, train_data(cfg)), objective
+        if init is not None:
             if hasattr(init, 'to_classifier'):     # a pretraining model (MAE, AdPE, BYOL) knows its classifier
                 model = init.to_classifier(cfg.num_classes, cfg.global_pool, cfg.drop_path)
             elif getattr(init, 'num_classes', cfg.num_classes) != cfg.num_classes:   # e.g. RotNet's 4-way head

@@ -4,25 +4,24 @@
 
 # %% ../nbs/12b_ttfp.ipynb #33b9ff4d
 from __future__ import annotations
-import contextlib, json, math, time, warnings
+import contextlib, dataclasses, inspect, math, warnings
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from fastcore.script import call_parse, store_true
-from .core import check_images, check_norm, parse_eps, seed_everything, write_json, atomic_write, config_hash, model_state
-from .data import as_dataset, get_dataset, load_batch, subset
+from .core import check_images, check_norm, parse_eps, write_json, atomic_write, config_dict, get_device
+from .data import get_dataset
 from .models import (MODEL_BUILDERS, CLASSIFIER_KINDS, CheckpointError, build_model, checkpoint_file, load_model,
-                             load_weights, read_checkpoint, save_model)
+                             load_weights, read_checkpoint)
 from .attacks import ATTACKS, AttackSpec, perturb, classifier_loss, correct_every_pass
-from .train import epoch_batches, init_key, lr_at, param_groups
+from .train import FINETUNE_OBJECTIVES, TrainConfig, train, run_dir
 from .frequency import fft2c, ifft2c, band_mask, first_samples, model_device
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'ADAPTIVE_MODES', 'FIT_DEFAULTS', 'kmeans', 'pre_logits', 'features_of', 'TTFP', 'ttfp_from_config',
-           'build_ttfp', 'PromptObjective', 'train_prompts', 'save_ttfp', 'load_ttfp', 'ttfp_adaptive', 'evaluate_ttfp',
-           'ttfp_markdown', 'ttfp_dir', 'fit_ttfp', 'cli_ttfp']
+__all__ = ['OBJECTIVES', 'TTFP_TRAINING', 'ADAPTIVE_MODES', 'kmeans', 'pre_logits', 'features_of', 'TTFP', 'ttfp_from_config',
+           'build_ttfp', 'PromptObjective', 'ttfp_config', 'fit_ttfp', 'load_ttfp', 'ttfp_adaptive', 'evaluate_ttfp',
+           'ttfp_markdown', 'cli_ttfp']
 
 # %% ../nbs/12b_ttfp.ipynb #271fbff1
 def kmeans(x, k:int, iters:int=50, seed:int=0, tol:float=1e-6):
@@ -87,6 +86,12 @@ class TTFP(nn.Module):
                 'band': list(self.band), 'prompt_rms': self.prompt_rms, 'custom_features': self.features is not None}
 
     def feature_fn(self): return self.features if self.features is not None else pre_logits(self.classifier)
+
+    def train(self, mode:bool=True):
+        "Train mode for the prompts only: the frozen classifier stays in eval mode (no dropout, no batch-norm updates)."
+        super().train(mode)
+        self.classifier.eval()
+        return self
 
     def prompt_images(self) -> torch.Tensor:
         "The K prompts as images (K×C×H×W): band-limited spectra of `prompts`, rescaled to the ℓ2 budget."
@@ -160,12 +165,26 @@ def build_ttfp(classifier, data, k:int=10, band:tuple|None=None, prompt_rms:floa
 # %% ../nbs/12b_ttfp.ipynb #e08051d3
 OBJECTIVES = ('clean', 'adversarial', 'mixed')
 
+@FINETUNE_OBJECTIVES.register('ttfp')
 class PromptObjective:
-    "TTFP's prompt loss in the trainer's objective protocol: cross-entropy on clean and/or PGD images against the defence."
-    def __init__(self, objective:str='mixed', eps='8/255', norm:str='linf', steps:int=3):
+    "TTFP's prompts as a fine-tuning recipe: K-means prototypes around the frozen `init` classifier, cross-entropy on clean and/or PGD images."
+    def __init__(self, objective:str='mixed', eps='8/255', norm:str='linf', steps:int=3, k:int=10, band:tuple|None=None,
+                 prompt_rms=16 / 255, n:int|None=5000):
         if objective not in OBJECTIVES: raise ValueError(f"Unknown objective {objective!r}; use one of {OBJECTIVES}.")
         self.objective, self.norm, self.steps = objective, check_norm(norm), steps
-        self.eps = parse_eps(eps, self.norm)
+        self.eps, self.prompt_rms = parse_eps(eps, self.norm), parse_eps(prompt_rms)
+        self.k, self.band, self.n = k, band, n
+
+    def finetune_model(self, cfg, init, data) -> TTFP:
+        "The TTFP to train: `k` prototypes of the first `n` training images around the frozen classifier `init`."
+        kind = getattr(init, 'config', {}).get('kind') if init is not None else None
+        if kind not in CLASSIFIER_KINDS:
+            raise ValueError(f"TTFP prompts are trained around a classifier: set init to a fine-tuned run or classifier "
+                             f"checkpoint (got {'no init' if init is None else f'a {kind!r} model'}).")
+        ttfp = build_ttfp(init.to(get_device(cfg.device)), data, self.k, self.band, self.prompt_rms, n=self.n, seed=cfg.seed)
+        ttfp.classifier.requires_grad_(False)
+        return ttfp
+
     def loss(self, model, x, y) -> dict:
         out, losses = {}, []
         if self.objective in ('clean', 'mixed'):
@@ -178,42 +197,37 @@ class PromptObjective:
         return {'loss': sum(losses) / len(losses), **out}
 
 # %% ../nbs/12b_ttfp.ipynb #b70de38b
-def train_prompts(ttfp:TTFP, data, epochs:int=1, n:int|None=None, batch_size:int=128, lr:float=1e-2,
-                  objective:str='mixed', eps='8/255', norm:str='linf', steps:int=3, seed:int=0, progress:bool=True,
-                  weight_decay:float=0., betas=(0.9, 0.999), min_lr:float|None=None, warmup_epochs:float=0.) -> list:
-    "Learn the prompts of `ttfp` (classifier frozen) by minimising the `objective`'s cross-entropy; returns per-epoch metrics."
-    obj = PromptObjective(objective, eps, norm, steps)
-    seed_everything(seed)
-    ds = as_dataset(data); n = min(n or len(ds), len(ds))
-    dev = ttfp.prompts.device
-    per_epoch = math.ceil(n / batch_size); total, warmup = epochs * per_epoch, int(warmup_epochs * per_epoch)
-    history, step = [], 0
-    with model_state(ttfp, training=False, check_inputs=False), model_state(ttfp.classifier, frozen=True):
-        opt = torch.optim.AdamW(param_groups(ttfp, weight_decay), lr=lr, betas=tuple(betas))
-        for epoch in range(epochs):
-            sums, count = dict.fromkeys(('loss', 'clean_acc', 'adv_acc'), 0.), 0
-            bar = tqdm(epoch_batches(n, batch_size, seed, epoch, drop_last=False), disable=not progress,
-                       desc=f"TTFP prompts epoch {epoch + 1}/{epochs}", leave=False)
-            for idx in bar:
-                x, y = (t.to(dev) for t in load_batch(ds, idx))
-                for g in opt.param_groups: g['lr'] = lr_at(step, total, warmup, lr, lr if min_lr is None else min_lr)
-                out = obj.loss(ttfp, x, y)
-                opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step(); step += 1
-                sums['loss'] += out['loss'].item() * len(x); count += len(x)
-                for k in ('clean_acc', 'adv_acc'):                  # correct counts, exact
-                    if k in out: sums[k] += round(out[k].item() * len(x))
-                bar.set_postfix(loss=f"{out['loss'].item():.3f}")
-            rec = {'epoch': epoch + 1, 'loss': sums['loss'] / count}
-            if objective != 'adversarial': rec['clean_acc'] = sums['clean_acc'] / count
-            if objective != 'clean': rec['adv_acc'] = sums['adv_acc'] / count
-            history.append(rec)
-    return history
+TTFP_TRAINING = dict(epochs=1, n_train=5000, batch_size=128, lr=1e-2, weight_decay=0., betas=(0.9, 0.999), eval_split=None,
+                     amp=False)
 
-# %% ../nbs/12b_ttfp.ipynb #74bd6b1f
-def save_ttfp(path, ttfp:TTFP, **metadata):
-    "Save `ttfp` (classifier, prototypes, prompts, config) as a mimbench model checkpoint; `metadata` goes into its header."
-    return save_model(path, ttfp, **metadata)
+def ttfp_config(classifier, out='runs/ttfp', **settings) -> TrainConfig:
+    "The trainer's run of TTFP prompts around `classifier`; `settings`: `PromptObjective` arguments and `TrainConfig` fields."
+    meta = read_checkpoint(checkpoint_file(classifier))[1]
+    c, tc = meta.get('config') or {}, meta.get('train_config') or {}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {'task', 'recipe', 'recipe_args', 'init'}
+    args = {k: p.default for k, p in inspect.signature(PromptObjective).parameters.items()}
+    if bad := sorted(set(settings) - fields - set(args)):
+        raise ValueError(f"Unknown TTFP setting(s) {bad}: give PromptObjective arguments {sorted(args)} or TrainConfig fields.")
+    args.update({k: v for k, v in settings.items() if k in args})
+    args.update(eps=parse_eps(args['eps'], args['norm']), prompt_rms=parse_eps(args['prompt_rms']),
+                band=None if args['band'] is None else list(args['band']))
+    kw = dict(dataset=tc.get('dataset', 'fashion-mnist'), data_root=tc.get('data_root'), preset=tc.get('preset', 'micro'),
+              img_size=c.get('img_size', 32), channels=c.get('in_chans', 1), **TTFP_TRAINING, out=str(out))
+    kw.update({k: v for k, v in settings.items() if k in fields})
+    kw.setdefault('min_lr', kw['lr'])                                   # a constant lr unless min_lr is given
+    return TrainConfig(task='finetune', recipe='ttfp', recipe_args=args, init=str(Path(classifier).resolve()), **kw)
 
+def fit_ttfp(classifier, settings:dict|None=None, out='runs/ttfp', *old, progress:bool=True) -> tuple:
+    "`(ttfp, run)`: the TTFP of `settings` around `classifier` (run directory or checkpoint), trained by `train`, or cached."
+    if isinstance(classifier, nn.Module):   # the old call fit_ttfp(model, data, settings, out): until 18_reproduce passes its run
+        data, settings = settings, dict(out)
+        classifier, out = settings.pop('classifier'), old[0] if old else 'runs/ttfp'
+        settings.setdefault('n_train', len(data))
+    cfg = ttfp_config(classifier, out, progress=progress, **(settings or {}))
+    run = train(cfg)
+    return load_model(run.dir, expect_kind='ttfp')[0].to(get_device(cfg.device)), run
+
+# %% ../nbs/12b_ttfp.ipynb #4f973ef8
 def load_ttfp(path, classifier=None, features=None) -> TTFP:
     "A `TTFP` from a checkpoint file or directory; around `classifier` if given, else the one saved with it."
     path = checkpoint_file(path)
@@ -250,7 +264,6 @@ def ttfp_adaptive(model, x, y, eps, norm:str='linf', mode:str='soft', attack:str
     return best
 
 ATTACKS['ttfp-adaptive'] = AttackSpec(ttfp_adaptive, name='ttfp-adaptive')
-def _with(ttfp, **settings): return ttfp.gradients(**settings)      # old name, until 18_reproduce uses ATTACKS['ttfp-adaptive']
 
 # %% ../nbs/12b_ttfp.ipynb #64df06ac
 def evaluate_ttfp(ttfp:TTFP, data, attacks=('apgd-ce',), eps='8/255', norm:str='linf', n:int=500, batch_size:int=250,
@@ -301,33 +314,12 @@ def ttfp_markdown(res:dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/12b_ttfp.ipynb #34da2fa9
-def ttfp_dir(settings:dict, out='runs/ttfp') -> Path:
-    "The cache directory of a TTFP trained with `settings` (`classifier` named by `train.init_key`, like a run's `init`)."
-    key = config_hash({**settings, 'classifier': init_key(settings['classifier'])})
-    return Path(out) / f"ttfp-{str(settings.get('dataset')).replace(':', '_').replace('/', '_')}-{key}"
-
 def _band(s:str) -> tuple:
     lo, _, hi = s.partition(',')
     f = lambda v: None if v.strip().lower() in ('', 'none', 'inf') else float(v)
     return f(lo), f(hi)
 
-# %% ../nbs/12b_ttfp.ipynb #c0082498
-FIT_DEFAULTS = dict(k=10, band=None, prompt_rms=16 / 255, objective='mixed', train_eps='8/255', norm='linf', steps=3,
-                    epochs=1, n_train=5000, batch_size=128, lr=1e-2, seed=0)
-
-def fit_ttfp(classifier, data, settings:dict, out='runs/ttfp', progress:bool=True):
-    "`(ttfp, directory, history)`: the TTFP of `settings` (with `classifier` path and `dataset`) trained on `data`, cached."
-    s = {**FIT_DEFAULTS, **settings}
-    d = ttfp_dir(s, out); path = d / 'model.safetensors'
-    if path.exists(): return load_ttfp(path, classifier), d, read_checkpoint(path)[1].get('history')
-    t0 = time.time()
-    t = build_ttfp(classifier, data, s['k'], s['band'], s['prompt_rms'], n=s['n_train'], seed=s['seed'])
-    history = train_prompts(t, data, s['epochs'], batch_size=s['batch_size'], lr=s['lr'], objective=s['objective'],
-                            eps=s['train_eps'], norm=s['norm'], steps=s['steps'], seed=s['seed'], progress=progress)
-    save_ttfp(path, t, settings=s, history=history, train_seconds=round(time.time() - t0, 1))
-    return t, d, history
-
-# %% ../nbs/12b_ttfp.ipynb #cd1b8afe
+# %% ../nbs/12b_ttfp.ipynb #08c36bab
 @call_parse
 def cli_ttfp(classifier:str,                 # classifier run directory or .safetensors checkpoint
              k:int=10,                       # number of prototypes (K-means clusters)
@@ -347,33 +339,24 @@ def cli_ttfp(classifier:str,                 # classifier run directory or .safe
              adaptive_tau:float=0.05,        # soft-selection temperature of the adaptive attack (with BPDA clip); 0 skips it
              per_prompt:store_true=False,    # also attack each of the K prompts separately (K more attack runs)
              dataset:str=None,               # dataset (default: the classifier's training set)
-             out:str='runs/ttfp',            # output folder
+             out:str='runs/ttfp',            # output folder (the prompt-training run is made in it)
              seed:int=0,                     # seed
              device:str=None,                # cpu, cuda, … (default: best available)
              no_progress:store_true=False):  # hide progress bars
     "Train test-time frequency-domain prompts (TTFP) for a classifier and compare robust accuracy with and without them."
-    from mimbench.core import get_device
-    ckpt = checkpoint_file(classifier)
-    model, meta = load_model(ckpt, expect_kind=CLASSIFIER_KINDS)
-    tc = meta.get('train_config') or {}
-    model.to(get_device(device)).eval()
-    dataset = dataset or tc.get('dataset', 'fashion-mnist')
-    kw = dict(root=tc.get('data_root'), img_size=model.img_size, channels=model.in_chans)
-    train_ds = subset(get_dataset(dataset, 'train', **kw), n_train, seed=seed)
-    test_ds = get_dataset(dataset, 'test', **kw)
-    lo, hi = _band(band)
-    settings = {**FIT_DEFAULTS, **dict(classifier=str(Path(ckpt).resolve()), k=k, band=[lo, hi], prompt_rms=parse_eps(prompt_rms),
-                objective=objective, train_eps=train_eps, norm=norm, steps=steps, epochs=epochs, n_train=n_train,
-                batch_size=batch_size, lr=lr, dataset=dataset, seed=seed)}
-    cached = (ttfp_dir(settings, out) / 'model.safetensors').exists()
-    ttfp, d, history = fit_ttfp(model, train_ds, settings, out, progress=not no_progress)
-    if cached: print(f"loaded trained prompts from {d / 'model.safetensors'}")
-    path = d / 'model.safetensors'
+    settings = dict(k=k, band=_band(band), prompt_rms=prompt_rms, objective=objective, eps=train_eps, norm=norm, steps=steps,
+                    epochs=epochs, n_train=n_train, n=n_train, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                    **({'dataset': dataset} if dataset else {}))
+    cached = (run_dir(ttfp_config(classifier, out, **settings)) / 'result.json').exists()
+    ttfp, run = fit_ttfp(classifier, settings, out, progress=not no_progress)
+    print(f"{'loaded trained prompts from' if cached else 'trained prompts in'} {run.dir}")
+    cfg = run.config
+    test_ds = get_dataset(cfg.dataset, 'test', root=cfg.data_root, img_size=cfg.img_size, channels=cfg.channels)
     res = evaluate_ttfp(ttfp, test_ds, [a.strip() for a in attacks.split(',') if a.strip()], eps, norm, n,
                         adaptive_tau=adaptive_tau or None, seed=seed, progress=not no_progress, per_prompt=per_prompt)
     md = ttfp_markdown(res)
-    write_json(d / 'ttfp.json', {'settings': settings, 'history': history, 'clean': res['clean'], 'robust': res['robust'],
-                                 'attacks': res['attacks'], 'n': res['n'], 'warnings': res['warnings']})
-    atomic_write(d / 'ttfp.md', lambda p: p.write_text(md + '\n'))
-    print(md); print(f"\nprompts: {path}\nresults: {d / 'ttfp.json'}")
+    write_json(run.dir / 'ttfp.json', {'settings': config_dict(cfg), 'history': run.metrics, 'clean': res['clean'],
+                                       'robust': res['robust'], 'attacks': res['attacks'], 'n': res['n'], 'warnings': res['warnings']})
+    atomic_write(run.dir / 'ttfp.md', lambda p: p.write_text(md + '\n'))
+    print(md); print(f"\nprompts: {run.dir / 'model.safetensors'}\nresults: {run.dir / 'ttfp.json'}")
     return res

@@ -1,10 +1,11 @@
-"Test-time frequency-domain prompting (TTFP): prototypes, prompts, gradients, checkpoints, evaluation, CLI."
+"Test-time frequency-domain prompting (TTFP): prototypes, prompts, gradients, prompt training through the trainer, checkpoints, evaluation, CLI."
 import json, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from torch import nn
 from mimbench.frequency import fft2c, frequency_grid, fourier_basis
-from mimbench.ttfp import TTFP, build_ttfp, train_prompts, save_ttfp, load_ttfp, evaluate_ttfp, ttfp_markdown
+from mimbench.ttfp import TTFP, PromptObjective, build_ttfp, fit_ttfp, ttfp_config, load_ttfp, evaluate_ttfp, ttfp_markdown
+from mimbench.train import TrainConfig, train, train_data, run_dir, read_metrics
 from mimbench.evaluate import robust_accuracy
 from mimbench.models import save_model, load_model
 
@@ -37,8 +38,7 @@ def test_ttfp_picks_the_right_prototype_and_keeps_its_band():
     for c in range(3):                                          # the prototype chosen is the nearest one
         f = torch.nn.functional.normalize(feats(x[lab == c][:1]), dim=1)
         assert sel[lab == c][0] == (f @ t.prototypes.T).argmax()
-    with torch.no_grad(): t.prompts.normal_(0, 1)
-    train_prompts(t, (x, lab), epochs=2, batch_size=20, objective='mixed', eps='8/255', steps=2, progress=False)
+    with torch.no_grad(): t.prompts.normal_(0, 1)                      # any prompts: band and budget are TTFP's doing
     d = t.prompt_images().detach()
     r = frequency_grid(30, 30)[2]
     outside = fft2c(d).abs()[..., (r <= 3) | (r > 9)]
@@ -73,21 +73,109 @@ def test_clip_bpda_reaches_saturated_pixels(quick_model):
     bpda = g()
     assert (bpda[dead] != 0).float().mean() > 0.9                # BPDA lets the attack see them
 
-def test_ttfp_clean_accuracy_path(quick_model, fmnist_test):
+def test_ttfp_clean_accuracy_path(tmp_path, quick_model, fmnist_test):
     t = build_ttfp(quick_model, fmnist_test, k=4, n=300)
     rep0 = robust_accuracy(quick_model, fmnist_test, attacks=['fgsm'], eps='1/255', n=100, sanity=False, progress=False)
     rep = robust_accuracy(t, fmnist_test, attacks=['fgsm'], eps='1/255', n=100, sanity=False, progress=False)
     assert rep.clean == rep0.clean                               # zero prompts: exactly the classifier
-    hist = train_prompts(t, fmnist_test, epochs=1, n=300, batch_size=100, objective='clean', progress=False)
-    assert hist[0]['clean_acc'] > 0.6 and t.prompt_images().abs().sum() > 0
+    ckpt = save_model(tmp_path / 'clf.safetensors', quick_model)
+    t, run = fit_ttfp(ckpt, dict(k=4, n_train=300, batch_size=100, objective='clean', device='cpu'), tmp_path, progress=False)
+    assert run.metrics[0]['clean_acc'] > 0.6 and t.prompt_images().abs().sum() > 0
     rep1 = robust_accuracy(t, fmnist_test, attacks=['fgsm'], eps='1/255', n=100, sanity=False, progress=False)
     assert rep1.clean >= rep0.clean - 0.1 and not rep1.settings['randomized']
-    with pytest.raises(ValueError, match='objective'): train_prompts(t, fmnist_test, objective='robust')
+    with pytest.raises(ValueError, match='objective'): fit_ttfp(ckpt, dict(objective='robust'), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"Unknown TTFP setting\(s\) \['epoch'\]"): ttfp_config(ckpt, tmp_path, epoch=2)
+
+SMALL = dict(k=3, n_train=400, batch_size=100, epochs=2, steps=1, device='cpu')
+
+class Spy:
+    "Records the TTFP that the trainer builds (`finetune_model`) and the modes it is in at every loss call."
+    def __init__(self, monkeypatch, fail_at=None):
+        self.models, self.modes, self.calls, self.fail_at = [], [], 0, fail_at
+        build, loss = PromptObjective.finetune_model, PromptObjective.loss
+        def finetune_model(obj, cfg, init, data): self.models.append(build(obj, cfg, init, data)); return self.models[-1]
+        def spy_loss(obj, model, x, y):
+            self.calls += 1
+            if self.calls == self.fail_at: raise KeyboardInterrupt('killed mid-run')
+            self.modes.append((model.training, model.classifier.training, any(m.training for m in model.classifier.modules())))
+            return loss(obj, model, x, y)
+        monkeypatch.setattr(PromptObjective, 'finetune_model', finetune_model)
+        monkeypatch.setattr(PromptObjective, 'loss', spy_loss)
+
+def test_prompt_training_is_a_trainer_run(tmp_path, quick_model, monkeypatch):
+    "Prompts trained by `train`: only the prompts change, the loss falls, the classifier stays frozen and in eval mode."
+    ckpt = save_model(tmp_path / 'clf.safetensors', quick_model)
+    spy = Spy(monkeypatch)
+    t, run = fit_ttfp(ckpt, {**SMALL, 'objective': 'clean'}, tmp_path / 'runs', progress=False)
+    assert run.dir == run_dir(run.config) and run.dir.name.startswith('finetune-ttfp-fashion-mnist-')
+    assert (run.config.task, run.config.recipe, run.result['steps']) == ('finetune', 'ttfp', 8)
+    assert len(spy.modes) == 8 and set(spy.modes) == {(True, False, False)}      # TTFP trains, its classifier never does
+    trained = spy.models[0]
+    ref = quick_model.state_dict()
+    for name, v in trained.classifier.state_dict().items(): assert torch.equal(v, ref[name]), name   # bit-identical
+    assert all(not p.requires_grad for p in trained.classifier.parameters())
+    built = build_ttfp(quick_model, train_data(run.config), 3, n=5000, seed=0)     # what the run started from
+    assert torch.equal(trained.prototypes, built.prototypes) and torch.equal(trained.mask, built.mask)
+    assert trained.prompts.abs().sum() > 0                                       # the prompts, and only they, moved
+    x, y = train_data(run.config).get_batch(range(400))
+    po = PromptObjective('clean')
+    with torch.no_grad():
+        after = po.loss(trained.eval(), x, y)['loss']
+        assert after < po.loss(built.eval(), x, y)['loss'] - 0.02                # prompt training lowers the prompt loss
+        torch.testing.assert_close(t(x[:64]), trained(x[:64]), rtol=0, atol=0)  # the loaded TTFP is the trained one
+    assert isinstance(load_model(run.dir)[0], TTFP)
+
+def test_ttfp_run_is_cached(tmp_path, quick_model, monkeypatch):
+    "A second `fit_ttfp` with the same settings (defaults spelled out or not) trains nothing: same run, same metrics."
+    ckpt = save_model(tmp_path / 'clf.safetensors', quick_model)
+    t1, run1 = fit_ttfp(ckpt, SMALL, tmp_path, progress=False)
+    spy = Spy(monkeypatch)
+    t2, run2 = fit_ttfp(ckpt, {**SMALL, 'objective': 'mixed', 'eps': 8 / 255}, tmp_path, progress=False)
+    assert (spy.models, spy.calls) == ([], 0)
+    assert run2.dir == run1.dir and run2.metrics == run1.metrics
+    for a, b in zip(t1.state_dict().values(), t2.state_dict().values()): assert torch.equal(a, b)
+
+def test_ttfp_run_resumes_exactly(tmp_path, quick_model, monkeypatch):
+    "Killed mid-run and started again, prompt training continues from its checkpoint and ends with the same prompts."
+    ckpt = save_model(tmp_path / 'clf.safetensors', quick_model)
+    s = {**SMALL, 'ckpt_every': 2}
+    ref, _ = fit_ttfp(ckpt, s, tmp_path / 'ref', progress=False)
+    with monkeypatch.context() as m:
+        Spy(m, fail_at=7)
+        with pytest.raises(KeyboardInterrupt): fit_ttfp(ckpt, s, tmp_path / 'cut', progress=False)
+    d = run_dir(ttfp_config(ckpt, tmp_path / 'cut', **s))
+    assert (d / 'checkpoint.safetensors').exists() and not (d / 'result.json').exists()
+    spy = Spy(monkeypatch)
+    t, run = fit_ttfp(ckpt, s, tmp_path / 'cut', progress=False)
+    assert spy.calls == 2                                                       # steps 7 and 8 only
+    assert torch.equal(t.prompts, ref.prompts)
+    no_time = lambda recs: [{k: v for k, v in r.items() if k != 'time'} for r in recs]
+    assert no_time(run.metrics) == no_time(read_metrics(run_dir(ttfp_config(ckpt, tmp_path / 'ref', **s))))
+
+def test_ttfp_recipe_needs_a_classifier(tmp_path):
+    "The 'ttfp' recipe refuses to start without a classifier to put its prompts around."
+    with pytest.raises(ValueError, match='set init to a fine-tuned run'):
+        train(TrainConfig(task='finetune', recipe='ttfp', n_train=64, batch_size=32, out=str(tmp_path), progress=False))
+    from mimbench.models import create_mae
+    save_model(tmp_path / 'mae.safetensors', create_mae('micro', 32, 4, 1))
+    with pytest.raises(ValueError, match="a 'mae' model"):
+        fit_ttfp(tmp_path / 'mae.safetensors', dict(n_train=64, batch_size=32), tmp_path, progress=False)
+
+def test_train_mode_keeps_the_classifier_in_eval_mode():
+    "`TTFP.train()` (what the trainer calls each epoch) leaves dropout and batch norm of the classifier off."
+    clf = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(1024, 16), nn.BatchNorm1d(16), nn.Linear(16, 3))
+    t = TTFP(clf, torch.randn(2, 3)).train()
+    assert t.training and not any(m.training for m in clf.modules())
+    x = torch.rand(8, 1, 32, 32)
+    stats = clf[3].running_mean.clone()
+    with torch.no_grad(): torch.testing.assert_close(t(x), t(x), rtol=0, atol=0)
+    assert torch.equal(clf[3].running_mean, stats)
+    assert not t.eval().training
 
 def test_save_load_roundtrip(tmp_path, quick_model, fmnist_test):
     t = build_ttfp(quick_model, fmnist_test, k=3, n=100, band=(2, None))
     with torch.no_grad(): t.prompts.normal_()
-    save_ttfp(tmp_path / 'p.safetensors', t)
+    save_model(tmp_path / 'p.safetensors', t)
     t2 = load_ttfp(tmp_path / 'p.safetensors', quick_model)
     assert t2.band == (2, None) and t2.k == 3
     x = torch.rand(4, 1, 32, 32)
@@ -106,7 +194,7 @@ def test_toy_classifier_without_config_roundtrips(tmp_path):
     feats = lambda z: torch.stack([z[..., 10 * c:10 * (c + 1)].mean((1, 2, 3)) for c in range(3)], 1) - 0.4
     t = build_ttfp(StripClassifier(), (x, lab), k=3, band=(3, 9), n=None, features=feats)
     with torch.no_grad(): t.prompts.normal_()
-    save_ttfp(tmp_path / 'toy.safetensors', t)
+    save_model(tmp_path / 'toy.safetensors', t)
     with pytest.raises(ValueError, match='load_ttfp\\(path, classifier\\)'): load_model(tmp_path / 'toy.safetensors')
     with pytest.warns(UserWarning, match='custom feature'): load_ttfp(tmp_path / 'toy.safetensors', StripClassifier())
     t2 = load_ttfp(tmp_path / 'toy.safetensors', StripClassifier(), features=feats)
@@ -190,12 +278,14 @@ def test_cli_ttfp(tmp_path, quick_model):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert '| clean |' in r.stdout and 'ε = 2/255' in r.stdout
-    d = next((tmp_path / 'out').glob('ttfp-fashion-mnist-*'))                # named like a run directory
+    d = next((tmp_path / 'out').glob('finetune-ttfp-fashion-mnist-*'))       # a trainer run
+    assert f'trained prompts in {d}' in r.stdout
     res = json.loads((d / 'ttfp.json').read_text())
     assert isinstance(load_model(d)[0], TTFP)                                  # its checkpoint: an ordinary model file
-    assert res['settings']['k'] == 3 and res['history'][0]['epoch'] == 1 and len(res['robust']) == 1
+    assert res['settings']['recipe_args']['k'] == 3 and res['history'] == read_metrics(d) and len(res['robust']) == 1
+    assert (d / 'result.json').exists() and json.loads((d / 'config.json').read_text())['recipe'] == 'ttfp'
     r2 = subprocess.run(cmd, capture_output=True, text=True)            # cached: prompts are loaded, not retrained
-    assert r2.returncode == 0 and 'loaded trained prompts' in r2.stdout
+    assert r2.returncode == 0 and f'loaded trained prompts from {d}' in r2.stdout
     bad = subprocess.run([str(BIN / 'mimbench'), 'ttfp', str(tmp_path / 'missing')], capture_output=True, text=True)
     assert bad.returncode != 0 and 'missing' in bad.stderr
 
