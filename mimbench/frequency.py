@@ -10,11 +10,12 @@ from tqdm.auto import tqdm
 from .core import check_norm, parse_eps, format_eps, model_state
 from .data import as_dataset, load_batch
 from .attacks import ATTACKS, AttackSpec
+from .train import accuracy
 
 # %% auto #0
 __all__ = ['fft2c', 'ifft2c', 'frequency_grid', 'band_mask', 'spectrum', 'radial_profile', 'energy_fraction', 'filter_images',
-           'first_samples', 'model_device', 'predict_batched', 'filtered_accuracy', 'plot_filtered', 'fourier_basis',
-           'fourier_heatmap', 'plot_heatmap', 'perturbation_spectrum', 'plot_spectra']
+           'first_samples', 'model_device', 'filtered_accuracy', 'plot_filtered', 'fourier_basis', 'fourier_heatmap',
+           'plot_heatmap', 'perturbation_spectrum', 'plot_spectra']
 
 # %% ../nbs/12_frequency.ipynb #801dc0a4
 def fft2c(x, norm:str='ortho'):
@@ -87,12 +88,6 @@ def model_device(model) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()): return t.device
     return torch.device('cpu')
 
-@torch.no_grad()
-def predict_batched(model, x, batch_size:int=500):
-    "Predicted classes of `model` on `x`, `batch_size` images at a time, on the model's device (CPU result)."
-    dev = model_device(model)
-    return torch.cat([model(c.to(dev)).argmax(1).cpu() for c in x.split(batch_size)])
-
 # %% ../nbs/12_frequency.ipynb #ad31e089
 @torch.no_grad()
 def filtered_accuracy(model, data, kind:str='low', cutoffs=None, n:int|None=1000, batch_size:int=500,
@@ -101,11 +96,9 @@ def filtered_accuracy(model, data, kind:str='low', cutoffs=None, n:int|None=1000
     x, y = first_samples(data, n)
     h, w = x.shape[-2:]
     cutoffs = list(cutoffs) if cutoffs is not None else list(range(0, int(math.hypot(h / 2, w / 2)) + 1))
-    with model_state(model, training=False):
-        acc = [(predict_batched(model, filter_images(x, kind, c, keep_dc=keep_dc, clip=clip), batch_size) == y).float().mean().item()
-               for c in tqdm(cutoffs, disable=not progress, desc=f"{kind}-pass accuracy")]
-        clean = (predict_batched(model, x, batch_size) == y).float().mean().item()
-    return {'kind': kind, 'cutoffs': cutoffs, 'accuracy': acc, 'clean': clean, 'n': len(x)}
+    acc = [accuracy(model, (filter_images(x, kind, c, keep_dc=keep_dc, clip=clip), y), batch_size=batch_size)
+           for c in tqdm(cutoffs, disable=not progress, desc=f"{kind}-pass accuracy")]
+    return {'kind': kind, 'cutoffs': cutoffs, 'accuracy': acc, 'clean': accuracy(model, (x, y), batch_size=batch_size), 'n': len(x)}
 
 def plot_filtered(results:dict, ax=None, path=None):
     "Accuracy vs cut-off radius for `{label: filtered_accuracy result}`; saved to `path` if given."
@@ -214,8 +207,8 @@ def plot_spectra(results:dict, path=None, log:bool=True):
     return fig
 
 # %% ../nbs/12_frequency.ipynb #edff781a
-_MOVED_TO_TTFP = ('TTFP', 'OBJECTIVES', 'kmeans', 'pre_logits', 'features_of', 'build_ttfp', 'train_prompts', 'save_ttfp',
-                  'load_ttfp', 'evaluate_ttfp', 'ttfp_markdown')
+_MOVED_TO_TTFP = ('TTFP', 'OBJECTIVES', 'kmeans', 'pre_logits', 'features_of', 'build_ttfp', 'load_ttfp', 'evaluate_ttfp',
+                  'ttfp_markdown')
 
 def __getattr__(name):
     "Old names of TTFP (moved to `mimbench.ttfp`), resolved on first use with a FutureWarning."

@@ -84,3 +84,13 @@ def test_attack_spectrum_follows_the_gradient():
 def test_filtered_accuracy_on_a_real_model(quick_model, fmnist_test):
     r = filtered_accuracy(quick_model, fmnist_test, 'low', cutoffs=[0, 23], n=200)
     assert r['accuracy'][1] == r['clean'] and r['accuracy'][0] < 0.3 and r['n'] == 200
+
+def test_filtered_accuracy_is_the_share_of_right_answers(quick_model, fmnist_test):
+    "Each point is `train.accuracy` on the filtered images: the count of right answers over n, checked by hand."
+    x, y = fmnist_test.get_batch(range(300))
+    r = filtered_accuracy(quick_model, fmnist_test, 'high', cutoffs=[2, 6], n=300, batch_size=128)
+    with torch.no_grad():
+        for c, acc in zip([2, 6], r['accuracy']):
+            assert acc == (quick_model(filter_images(x, 'high', c)).argmax(1) == y).sum().item() / 300
+        assert r['clean'] == (quick_model(x).argmax(1) == y).sum().item() / 300
+    with pytest.raises(ValueError, match=r'must lie in \[0,1\]'): filtered_accuracy(quick_model, fmnist_test, 'high', [4], n=20, clip=False)
