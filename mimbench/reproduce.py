@@ -20,7 +20,7 @@ __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDG
            'Comparison', 'PaperSetting', 'Grid', 'paper_table', 'native_geometry', 'Resolved', 'resolve_scale',
            'Planned', 'plan', 'resolve_eps', 'metric_name', 'budget_kwargs', 'check_attack', 'check_data',
            'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol', 'results_folder',
-           'eval_attack', 'eval_shift', 'eval_probe', 'GridJob', 'grid_jobs', 'arm_model', 'ttfp_model', 'records_of',
+           'GridJob', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe', 'arm_model', 'ttfp_model', 'records_of',
            'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction', 'current_records', 'write_report',
            'reproduce', 'plan_summary', 'cli_reproduce']
 
@@ -40,6 +40,7 @@ class Arm:
     preset: str|None = None                    # a model preset other than the paper's (e.g. the perceptual teacher)
     evaluate: bool = True                      # False: a tool of another arm (the perceptual loss's teacher), trained only
 
+# %% ../nbs/18_reproduce.ipynb #c11bbd0d
 @dataclass(frozen=True)
 class Evaluation:
     "An attack suite applied to some arms: attacks (names or (name, settings)), ε list, norm, passes, n."
@@ -59,6 +60,7 @@ class Evaluation:
         "How the evaluation runs: 'attack' (the harness), 'shift' (clean + corruptions) or 'probe' (linear probe)."
         return self.kind or ('attack' if self.attacks else 'shift' if self.corruptions else 'none')
 
+# %% ../nbs/18_reproduce.ipynb #9ef03f82
 @dataclass(frozen=True)
 class Comparison:
     "A headline claim: arm `a` beats arm `b` on `metric` of `evaluation`, with the paper's numbers (None where the text has none)."
@@ -73,6 +75,7 @@ class Comparison:
     source: str = ''                          # table / section of the paper text
     b_evaluation: str|None = None             # compare a under `evaluation` with b under this one (same arm, two attacks)
 
+# %% ../nbs/18_reproduce.ipynb #43a901cd
 @dataclass(frozen=True)
 class PaperSetting:
     "The paper's own scale: model preset, patch per image size, pretraining and fine-tuning budgets, dataset default."
@@ -84,6 +87,7 @@ class PaperSetting:
     img_size: int = 224                        # for an ImageFolder tree (CIFAR-10 is 32 px)
     n: int|None = None                         # evaluation images (None: the whole test split)
 
+# %% ../nbs/18_reproduce.ipynb #0365c78c
 @dataclass(frozen=True)
 class Grid:
     "A paper's experiment: arms, evaluations, headline comparisons, its protocol at micro/small scale, its paper setting."
@@ -366,6 +370,7 @@ def native_geometry(dataset:str, root=None) -> tuple|None:
         with Image.open(first) as im: return (1 if im.mode in ('L', '1', 'I;16') else 3, max(im.size))
     return None
 
+# %% ../nbs/18_reproduce.ipynb #58341765
 @dataclass(frozen=True)
 class Resolved:
     "A paper's grid at one scale on one dataset: data, model and budget fields for the TrainConfigs, and the evaluation n."
@@ -457,6 +462,7 @@ def resolve_eps(eps, norm:str, shape) -> float:
         return huang_l2_eps(parse_eps(eps.split(':', 1)[1], 'l2'), shape)
     return parse_eps(eps, norm)
 
+# %% ../nbs/18_reproduce.ipynb #7b0f58bf
 def metric_name(grid:Grid, comparison:Comparison, shape, which:str='a') -> str:
     "The record metric of a comparison ('clean', 'mCA' or 'robust@<ε in pixels>') for images of `shape`."
     m = comparison.metric
@@ -484,6 +490,7 @@ def budget_kwargs(name:str, settings:dict, budget:dict) -> dict:
                            for a, d in AUTOATTACK_VERSIONS[version]}
     return kw
 
+# %% ../nbs/18_reproduce.ipynb #f61c9f80
 def check_attack(attack, eps, norm:str, x, y, model) -> list:
     "Problems of one attack entry (name or (name, settings)) at `eps`: unknown name, norm, ε, settings, or a failing step."
     from mimbench.attacks import ATTACKS, lp_norm
@@ -686,6 +693,7 @@ def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|Non
     v = 'held' if la > hb else 'not held' if ha < lb else 'inconclusive'
     return {'verdict': v, 'test': 'wilson-intervals', **out}
 
+# %% ../nbs/18_reproduce.ipynb #f56c4d14
 def verdict(records_a:list, records_b:list, metric:str, metric_b:str|None=None, alpha:float=0.05) -> str:
     "'held', 'not held' or 'inconclusive' for the claim that a beats b on `metric` (see `compare_records`)."
     return compare_records(records_a, records_b, metric, metric_b, alpha)['verdict']
@@ -705,9 +713,38 @@ def evaluation_protocol(grid:Grid, ev:Evaluation, r:Resolved, shape, n_test:int)
                     eps=tuple(resolve_eps(e, ev.norm, shape) for e in ev.eps), norm=ev.norm,
                     n=min(ev.n or r.n or n_test, n_test), passes=(ev.passes,), corruptions=corr)
 
+# %% ../nbs/18_reproduce.ipynb #768042f1
 def results_folder(results, paper:str, scale:str, dataset:str) -> Path:
     "Where `reproduce` writes a grid's records and report: `results/reproduce/<paper>/<scale>-<dataset>`."
     return Path(results) / 'reproduce' / paper / f"{scale}-{dataset.replace(':', '_').replace('/', '_')}"
+
+# %% ../nbs/18_reproduce.ipynb #3f3f1e15
+@dataclass
+class GridJob:
+    "One arm of a grid at one seed: its planned runs and the evaluations that apply to it."
+    planned: Planned
+    seed: int
+    evaluations: list
+    @property
+    def arm(self) -> Arm: return self.planned.arm
+    @property
+    def recipe(self) -> str: return self.arm.pretext or 'scratch'
+
+    def target(self, ev:Evaluation) -> str:
+        "The run directory a record of `ev` names: the pretraining run for a probe, else the fine-tuned one."
+        from mimbench.train import run_dir
+        return run_dir(self.planned.pretrain if ev.what == 'probe' else self.planned.finetune).name
+
+# %% ../nbs/18_reproduce.ipynb #d394db98
+def grid_jobs(paper:str, scale:str='micro', dataset=None, root=None, channels=None, out='runs', seeds:int|None=None) -> list:
+    "The `GridJob`s of a grid: seed 0 for every arm first, then the extra seeds of the non-ablation arms."
+    g, r = GRIDS[paper], resolve_scale(paper, scale, dataset, root, channels)
+    jobs = []
+    for s in range(seeds or r.seeds):
+        for pl in plan(paper, scale, dataset, root, channels, out, s):
+            if s and pl.arm.role == 'ablation': continue
+            jobs.append(GridJob(pl, s, [e for e in g.evaluations if pl.arm.evaluate and (e.arms is None or pl.arm.name in e.arms)]))
+    return jobs
 
 # %% ../nbs/18_reproduce.ipynb #7599b0e2
 def _evaluated(model_or_run, evaluated, ds, n:int, split:str, recipe:str) -> dict:
@@ -721,6 +758,7 @@ def eval_attack(job, model, evaluated, protocol, folder, progress:bool=False) ->
     return evaluate_protocol(model, protocol, job.arm.name, job.seed, recipe=job.recipe, evaluated=evaluated, root=folder,
                              dataset=ft.dataset, data_root=ft.data_root, progress=progress)
 
+# %% ../nbs/18_reproduce.ipynb #dbdd74be
 def eval_shift(job, model, evaluated, protocol, folder, progress:bool=False) -> list:
     "Clean per-sample flags and the corruption suite's mCA / relative drop (in `extra`) of one model."
     from mimbench.evaluate import _checkpoint_data, shift_accuracy
@@ -738,6 +776,7 @@ def eval_shift(job, model, evaluated, protocol, folder, progress:bool=False) -> 
     rec.save(folder)
     return [rec]
 
+# %% ../nbs/18_reproduce.ipynb #b27ed67b
 def eval_probe(job, model, evaluated, protocol, folder, progress:bool=False) -> list:
     "Linear probe on the frozen pretrained encoder (per-sample test flags) and mean attention distance per block."
     from mimbench.attention import attention_maps, mean_attention_distance, encoder_features, linear_probe
@@ -761,35 +800,10 @@ def eval_probe(job, model, evaluated, protocol, folder, progress:bool=False) -> 
     rec.save(folder)
     return [rec]
 
+# %% ../nbs/18_reproduce.ipynb #5310c0bf
 EVALUATORS = {'attack': eval_attack, 'shift': eval_shift, 'probe': eval_probe}
 
-# %% ../nbs/18_reproduce.ipynb #3f3f1e15
-@dataclass
-class GridJob:
-    "One arm of a grid at one seed: its planned runs and the evaluations that apply to it."
-    planned: Planned
-    seed: int
-    evaluations: list
-    @property
-    def arm(self) -> Arm: return self.planned.arm
-    @property
-    def recipe(self) -> str: return self.arm.pretext or 'scratch'
-
-    def target(self, ev:Evaluation) -> str:
-        "The run directory a record of `ev` names: the pretraining run for a probe, else the fine-tuned one."
-        from mimbench.train import run_dir
-        return run_dir(self.planned.pretrain if ev.what == 'probe' else self.planned.finetune).name
-
-def grid_jobs(paper:str, scale:str='micro', dataset=None, root=None, channels=None, out='runs', seeds:int|None=None) -> list:
-    "The `GridJob`s of a grid: seed 0 for every arm first, then the extra seeds of the non-ablation arms."
-    g, r = GRIDS[paper], resolve_scale(paper, scale, dataset, root, channels)
-    jobs = []
-    for s in range(seeds or r.seeds):
-        for pl in plan(paper, scale, dataset, root, channels, out, s):
-            if s and pl.arm.role == 'ablation': continue
-            jobs.append(GridJob(pl, s, [e for e in g.evaluations if pl.arm.evaluate and (e.arms is None or pl.arm.name in e.arms)]))
-    return jobs
-
+# %% ../nbs/18_reproduce.ipynb #644ec6fa
 def arm_model(job:GridJob):
     "(what to evaluate, `evaluated` description or None): the fine-tuned run directory, or the arm's defence around it."
     from mimbench.train import run_dir
@@ -817,6 +831,7 @@ def records_of(records:list, paper:str, evaluation:str, arm:str) -> list:
     "The records of `arm` under the grid evaluation `evaluation` (all seeds)."
     return [r for r in records if r.protocol['name'] == f"{paper}.{evaluation}" and r.method == arm]
 
+# %% ../nbs/18_reproduce.ipynb #4dcf3056
 def comparison_rows(paper:str, records:list, shape) -> list:
     "Per headline comparison: the claim, the paper's numbers, ours (`compare_records`) and the verdict, from `records`."
     g, rows = GRIDS[paper], []
@@ -903,6 +918,7 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
         lines.append('')
     return '\n'.join(lines + ['## Notes', '', g.notes, ''])
 
+# %% ../nbs/18_reproduce.ipynb #9633992c
 def plot_comparisons(rows:list, path=None):
     "Each comparison's arms a (●) and b (■) with 95 % intervals; the paper's numbers as open markers."
     import matplotlib; import matplotlib.pyplot as plt
@@ -942,6 +958,7 @@ class Reproduction:
     def verdicts(self) -> dict: return {r['comparison'].claim: r['verdict'] for r in self.rows}
     def _repr_markdown_(self): return self.report.read_text()
 
+# %% ../nbs/18_reproduce.ipynb #e0db1e85
 def _eta(seconds:dict, left:dict) -> str:
     "Time left from the mean time of each stage so far and the number of each stage left."
     known = sum(n * float(np.mean(seconds[k])) for k, n in left.items() if n and seconds.get(k))
@@ -957,6 +974,7 @@ def current_records(folder, protocols:dict) -> dict:
             for run in rec.evaluated.get('runs', []): found.setdefault((ev, rec.method, rec.seed, run.get('dir')), []).append(rec)
     return found
 
+# %% ../nbs/18_reproduce.ipynb #3c9e4bd7
 def write_report(paper:str, folder, records:list, rows:list, r:Resolved, status:str='') -> tuple:
     "`report.md` and `comparisons.png` in `folder` (written atomically); their paths."
     import matplotlib.pyplot as plt
@@ -967,6 +985,7 @@ def write_report(paper:str, folder, records:list, rows:list, r:Resolved, status:
     plt.close(plot_comparisons(rows, figure))
     return report, figure
 
+# %% ../nbs/18_reproduce.ipynb #72c057e1
 def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
               results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print) -> Reproduction:
     "Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report."
@@ -1037,6 +1056,7 @@ def plan_summary(paper:str, scale:str='micro', dataset:str|None=None, root=None,
                                     + (f" corruptions {e.corruptions}" if e.corruptions else '') for e in g.evaluations]
     return '\n'.join(lines)
 
+# %% ../nbs/18_reproduce.ipynb #e5626c8b
 @call_parse
 def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 or adpe
                   scale:str='small',          # micro, small or paper (the paper's model, patch and budgets)
