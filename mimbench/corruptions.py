@@ -26,6 +26,7 @@ def suite_psnr(x:torch.Tensor, corruptions='all', severities=SEVERITIES, seed:in
     names = corruption_names(x.shape[1]) if corruptions == 'all' else list(corruptions)
     return {c: {s: psnr(corrupt(x, c, s, seed), x).mean().item() for s in severities} for c in names}
 
+# %% ../nbs/16_corruptions.ipynb #6fe667ac
 def plot_suite(x:torch.Tensor, corruptions='all', severities=(0,) + SEVERITIES, seed:int=0, path=None):
     "One image under every corruption (rows) and severity (columns)."
     import matplotlib.pyplot as plt
@@ -58,6 +59,7 @@ def build_suite(ds, corruptions='all', severities=SEVERITIES, seed:int=0, cache=
     return {'seconds': secs, 'total_s': round(sum(secs.values()), 2), 'images': len(ds), 'sets': len(names) * len(severities),
             'cache': str(corruption_cache(cache))}
 
+# %% ../nbs/16_corruptions.ipynb #5fead721
 @call_parse
 def cli_corrupt(dataset:str='fashion-mnist',    # dataset name (see `mimbench info`)
                 split:str='test',               # dataset split
@@ -115,6 +117,7 @@ class LayerDecaySweep(JSONReport):
         if path is not None: fig.savefig(path, dpi=120, bbox_inches='tight')
         return fig
 
+# %% ../nbs/16_corruptions.ipynb #f3c0fbab
 def layer_decay_sweep(cfg:TrainConfig, decays=(0.65, 0.75, 0.85, 0.95), label:str|None=None, corruptions='all',
                       severities=(1, 3, 5), attacks=None, eps='1/255', norm:str='linf', n_eval:int|None=1000,
                       n_attack:int=200, cache=None, progress:bool=True) -> LayerDecaySweep:
