@@ -60,6 +60,7 @@ def pretrain(cfg=dict(task='pretrain', augment='mae'),
     from mimbench.train import train
     _report(train(cfg, stale=_stale(stale, allow_stale)))
 
+# %% ../nbs/20_cli.ipynb #a4adb0b9
 def finetune(cfg=dict(task='finetune', recipe='ce', blr=1e-3, layer_decay=0.75, augment='flip'),
              stale:Param('a cached run made by other code: retrain it (keeping the old one aside), refuse, or allow it', str,
                          choices=['retrain', 'refuse', 'allow'])='retrain',
@@ -145,6 +146,7 @@ def static_registrations(package:str='mimbench', kinds=INFO_KINDS) -> dict:
             out[kind_of[var]].setdefault(name, (m, args))
     return out
 
+# %% ../nbs/20_cli.ipynb #d62391d3
 def static_constant(module:str, name:str):
     "The literal value of module-level `name = ...` in `module`'s source (None if absent or not a literal)."
     import ast, importlib.util
