@@ -4,7 +4,7 @@
 
 # %% ../nbs/18_reproduce.ipynb #aef4ce88
 from __future__ import annotations
-import math, time, pickle
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
@@ -699,7 +699,7 @@ def verdict(records_a:list, records_b:list, metric:str, metric_b:str|None=None, 
     return compare_records(records_a, records_b, metric, metric_b, alpha)['verdict']
 
 # %% ../nbs/18_reproduce.ipynb #1477ea15
-from .results import Protocol, ResultRecord, load_records, make_record, describe_run, sample_digest, evaluate_protocol
+from .results import Protocol, load_records, make_record, describe_run, sample_digest, evaluate_protocol
 
 ATTACK_BUDGETS = {'micro': dict(steps=10, n_queries=100, restarts=1, eot=2, binary_search_steps=2, n_target_classes=2)}
 
