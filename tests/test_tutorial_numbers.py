@@ -66,10 +66,7 @@ SETTINGS = {                                     # notebook → phrases that hol
     '30_widgets': ['debounce of 50 ms'],
 }
 # Notebooks whose prose another owner is cleaning (the offending lines are in /work/requests/): reported, not failed.
-PENDING = {
-    '02_models': 'helper-15: typed CPU speed-ups of rpe_logits; offending line in /work/requests/helper-15.md',
-    'nim_de3': 'helper-17: typed run times of a rerun ("training ≈ 20 min, …"); offending line in /work/requests/helper-17.md',
-}
+PENDING = {}                                     # e.g. {'name': 'owner; offending lines in /work/requests/<owner>.md'}
 
 def prose_sentences(markdown:str) -> list:
     "The sentences of a markdown cell's prose: code blocks, inline code and $math$ removed; table rows count as sentences."
