@@ -275,6 +275,7 @@ class SweepPlot:
         buf = io.BytesIO(); Image.fromarray(np.asarray(self.canvas.buffer_rgba())[..., :3]).save(buf, 'PNG', compress_level=1)
         return buf.getvalue()
 
+# %% ../nbs/30_widgets.ipynb #a07644dd
 def load_sweep(sweep):
     "A sweep dict from a dict, a rows list or a JSON path."
     if isinstance(sweep, (str, Path)): return json.loads(Path(sweep).read_text())
