@@ -208,13 +208,14 @@ def ttfp_config(classifier, out='runs/ttfp', **settings) -> TrainConfig:
     args = {k: p.default for k, p in inspect.signature(PromptObjective).parameters.items()}
     if bad := sorted(set(settings) - fields - set(args)):
         raise ValueError(f"Unknown TTFP setting(s) {bad}: give PromptObjective arguments {sorted(args)} or TrainConfig fields.")
-    args.update({k: v for k, v in settings.items() if k in args})
-    args.update(eps=parse_eps(args['eps'], args['norm']), prompt_rms=parse_eps(args['prompt_rms']),
-                band=None if args['band'] is None else list(args['band']))
     kw = dict(dataset=tc.get('dataset', 'fashion-mnist'), data_root=tc.get('data_root'), preset=tc.get('preset', 'micro'),
               img_size=c.get('img_size', 32), channels=c.get('in_chans', 1), **TTFP_TRAINING, out=str(out))
     kw.update({k: v for k, v in settings.items() if k in fields})
     kw.setdefault('min_lr', kw['lr'])                                   # a constant lr unless min_lr is given
+    args.update({k: v for k, v in settings.items() if k in args})
+    band = args['band'] if args['band'] is not None else (kw['img_size'] / 8, None)      # TTFP's default band, spelled out
+    args.update(eps=parse_eps(args['eps'], args['norm']), prompt_rms=parse_eps(args['prompt_rms']),
+                band=[None if b is None else float(b) for b in band])
     return TrainConfig(task='finetune', recipe='ttfp', recipe_args=args, init=str(Path(classifier).resolve()), **kw)
 
 def fit_ttfp(classifier, settings:dict|None=None, out='runs/ttfp', *old, progress:bool=True) -> tuple:

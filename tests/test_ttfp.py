@@ -130,7 +130,7 @@ def test_ttfp_run_is_cached(tmp_path, quick_model, monkeypatch):
     ckpt = save_model(tmp_path / 'clf.safetensors', quick_model)
     t1, run1 = fit_ttfp(ckpt, SMALL, tmp_path, progress=False)
     spy = Spy(monkeypatch)
-    t2, run2 = fit_ttfp(ckpt, {**SMALL, 'objective': 'mixed', 'eps': 8 / 255}, tmp_path, progress=False)
+    t2, run2 = fit_ttfp(ckpt, {**SMALL, 'objective': 'mixed', 'eps': 8 / 255, 'band': (4, None)}, tmp_path, progress=False)
     assert (spy.models, spy.calls) == ([], 0)
     assert run2.dir == run1.dir and run2.metrics == run1.metrics
     for a, b in zip(t1.state_dict().values(), t2.state_dict().values()): assert torch.equal(a, b)
