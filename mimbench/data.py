@@ -303,6 +303,7 @@ def _labels(a, path, n) -> torch.Tensor:
         raise ValueError(f"{path} should hold {n} integer labels, got {a.dtype} {tuple(a.shape)}.")
     return torch.from_numpy(np.array(a, dtype=np.int64))
 
+# %% ../nbs/01_data.ipynb #864e9904
 def _cifar10_1(version):
     def load(split='test', root=None, img_size=32, channels=3):
         name = 'cifar10.1' + ('' if version == 'v6' else f'-{version}')
