@@ -4,14 +4,14 @@
 
 # %% ../nbs/18_reproduce.ipynb #aef4ce88
 from __future__ import annotations
-import time
+import math, time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
-from .results import SCALES, PROTOCOLS, mcnemar, wilson_interval, unpack_flags
+from .results import SCALES, PROTOCOLS, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
 from .attacks import ATTACKS
 from torch import nn
 
@@ -663,35 +663,50 @@ def dry_run(paper:str, scale:str='micro', dataset:str|None=None, root=None, chan
     return problems
 
 # %% ../nbs/18_reproduce.ipynb #30a3de5b
-def _flags_by_seed(records:list, metric:str) -> dict:
-    "{seed: (sample digest, flags)} of the records that have per-sample flags for `metric`."
+def _scores_by_seed(records:list, metric:str) -> dict:
+    "{seed: (sample digest, per-image scores)} of the records that keep per-image results for `metric` (`results.image_scores`)."
     out = {}
     for r in records:
-        if metric in r.flags:
-            f = unpack_flags(r.flags[metric])
-            if r.seed in out: out[r.seed] = (out[r.seed][0], np.concatenate([out[r.seed][1], f]))
-            else: out[r.seed] = (r.evaluated.get('sample_digest'), f)
+        if (f := image_scores(r, metric)) is None: continue
+        out[r.seed] = (out[r.seed][0], np.concatenate([out[r.seed][1], f])) if r.seed in out else (r.evaluated.get('sample_digest'), f)
     return out
 
+def _by_interval(lo:float, hi:float) -> str:
+    "The verdict of an interval for a − b."
+    return 'held' if lo > 0 else 'not held' if hi < 0 else 'inconclusive'
+
+def _mean_interval(x, flags:bool) -> tuple:
+    "95 % interval of a mean: Wilson for 0/1 flags, normal for shares."
+    if flags: return wilson_interval(int(x.sum()), len(x))
+    half = 1.959963984540054 * x.std(ddof=1) / math.sqrt(len(x)); return (float(x.mean() - half), float(x.mean() + half))
+
 def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|None=None, alpha:float=0.05) -> dict:
-    "The verdict on 'a beats b on `metric`' from the records' per-sample flags, with the test used and its numbers."
+    "The verdict on 'a beats b on `metric`' from the records' per-image results, with the test used and its numbers."
     metric_b = metric_b or metric
-    fa, fb = _flags_by_seed(records_a, metric), _flags_by_seed(records_b, metric_b)
+    fa, fb = _scores_by_seed(records_a, metric), _scores_by_seed(records_b, metric_b)
     if not fa or not fb:
         side = 'a' if not fa else 'b'
         return {'verdict': 'inconclusive', 'test': None,
-                'reason': f"no per-sample flags for {metric if side == 'a' else metric_b!r} in the records of {side}"}
+                'reason': f"no per-image results for {metric if side == 'a' else metric_b!r} in the records of {side}"}
+    flags = all(metric in r.flags for r in records_a) and all(metric_b in r.flags for r in records_b)
     pa, pb = np.concatenate([f for _, f in fa.values()]), np.concatenate([f for _, f in fb.values()])
     out = {'acc_a': float(pa.mean()), 'acc_b': float(pb.mean()), 'n_a': len(pa), 'n_b': len(pb),
-           'interval_a': wilson_interval(int(pa.sum()), len(pa)), 'interval_b': wilson_interval(int(pb.sum()), len(pb))}
+           'interval_a': _mean_interval(pa, flags), 'interval_b': _mean_interval(pb, flags)}
     seeds = [s for s in fa if s in fb and fa[s][0] == fb[s][0] and fa[s][0] is not None and len(fa[s][1]) == len(fb[s][1])]
-    if seeds:
+    if seeds and flags:
         mc = mcnemar(np.concatenate([fa[s][1] for s in seeds]), np.concatenate([fb[s][1] for s in seeds]))
         v = 'inconclusive' if mc['p'] >= alpha else ('held' if mc['only_a'] > mc['only_b'] else 'not held')
         return {'verdict': v, 'test': 'mcnemar', 'seeds': seeds, **mc, **out}
-    (la, ha), (lb, hb) = out['interval_a'], out['interval_b']
-    v = 'held' if la > hb else 'not held' if ha < lb else 'inconclusive'
-    return {'verdict': v, 'test': 'wilson-intervals', **out}
+    if seeds:
+        pdiff = paired_difference(np.concatenate([fa[s][1] for s in seeds]), np.concatenate([fb[s][1] for s in seeds]), alpha)
+        return {'verdict': _by_interval(*pdiff['interval']), 'test': 'paired-t', 'seeds': seeds, **pdiff, **out}
+    if flags:
+        (la, ha), (lb, hb) = out['interval_a'], out['interval_b']
+        return {'verdict': 'held' if la > hb else 'not held' if ha < lb else 'inconclusive', 'test': 'wilson-intervals', **out}
+    delta, se = float(pa.mean() - pb.mean()), math.sqrt(pa.var(ddof=1) / len(pa) + pb.var(ddof=1) / len(pb))
+    z = 1.959963984540054
+    return {'verdict': _by_interval(delta - z * se, delta + z * se), 'test': 'welch', 'delta': delta,
+            'interval': [delta - z * se, delta + z * se], **out}
 
 # %% ../nbs/18_reproduce.ipynb #f56c4d14
 def verdict(records_a:list, records_b:list, metric:str, metric_b:str|None=None, alpha:float=0.05) -> str:
@@ -762,17 +777,15 @@ def eval_attack(job, model, evaluated, protocol, folder, progress:bool=False) ->
 def eval_shift(job, model, evaluated, protocol, folder, progress:bool=False) -> list:
     "Clean per-sample flags and the corruption suite's mCA / relative drop (in `extra`) of one model."
     from mimbench.evaluate import _checkpoint_data, shift_accuracy
-    from mimbench.train import accuracy
     from mimbench.attacks import default_passes
     ft = job.planned.finetune
     net, ds, _ = _checkpoint_data(model, ft.dataset, protocol.split, ft.data_root, None)
     n, t0, passes = min(protocol.n, len(ds)), time.time(), protocol.passes[0]
-    flags = accuracy(net, ds, n, passes=default_passes(net, passes), flags=True).numpy()
-    rep = shift_accuracy(net, ds, protocol.corruptions, protocol.severities, n=n, passes=passes, seed=job.seed, progress=progress)
-    extra = {'mCA': rep.mean_corruption_accuracy, 'relative_drop': rep.relative_drop, 'per_corruption': rep.per_corruption,
-             'skipped': rep.skipped}
+    rep = shift_accuracy(net, ds, protocol.corruptions, protocol.severities, n=n, passes=default_passes(net, passes),
+                         seed=job.seed, progress=progress, per_image=True)
     rec = make_record(job.arm.name, protocol, _evaluated(model, evaluated, ds, n, protocol.split, job.recipe), job.seed,
-                      {'clean': flags}, extra, {'shift': time.time() - t0}, next(net.parameters()).device, kind='shift')
+                      {'clean': np.asarray(rep.clean_flags, bool)}, shift_extra(rep), {'shift': time.time() - t0},
+                      next(net.parameters()).device, kind='shift')
     rec.save(folder)
     return [rec]
 

@@ -16,11 +16,12 @@ from .data import dataset_fingerprint
 from .evaluate import RobustReport, ShiftReport, robust_accuracy, shift_accuracy, _checkpoint_data
 
 # %% auto #0
-__all__ = ['Z95', 'PROTOCOLS', 'SCALES', 'METHODS', 'wilson_interval', 'pack_flags', 'unpack_flags', 'mcnemar', 'record_code',
-           'git_state', 'device_name', 'provenance', 'Protocol', 'register_protocol', 'ResultRecord', 'load_records',
-           'check_record', 'make_record', 'describe_run', 'sample_digest', 'evaluate_protocol', 'Leaderboard',
-           'leaderboard', 'leaderboard_text', 'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol',
-           'run_leaderboard', 'cli_leaderboard']
+__all__ = ['Z95', 'PROTOCOLS', 'SCALES', 'METHODS', 'wilson_interval', 'pack_flags', 'unpack_flags', 'mcnemar',
+           'paired_difference', 'record_code', 'git_state', 'device_name', 'provenance', 'Protocol',
+           'register_protocol', 'ResultRecord', 'load_records', 'check_record', 'make_record', 'describe_run',
+           'sample_digest', 'evaluate_protocol', 'shift_extra', 'image_scores', 'Leaderboard', 'leaderboard',
+           'leaderboard_text', 'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'run_leaderboard',
+           'cli_leaderboard']
 
 # %% ../nbs/17_results.ipynb #61e89f5d
 Z95 = 1.959963984540054      # two-sided 95 % normal quantile
@@ -55,6 +56,18 @@ def mcnemar(a, b) -> dict:
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return {'only_a': only_a, 'only_b': only_b, 'p': float(p)}
+
+# %% ../nbs/17_results.ipynb #d160f28b
+def paired_difference(a, b, alpha:float=0.05) -> dict:
+    "Mean per-image difference a − b of paired scores, its (1 − `alpha`) t interval and the paired t-test's two-sided p."
+    from scipy import stats
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape: raise ValueError(f"Paired scores must have the same length, got {a.shape} and {b.shape}.")
+    if len(a) < 2: raise ValueError(f"A paired test needs at least 2 images, got {len(a)}.")
+    d = a - b; delta, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+    if se == 0: return {'delta': delta, 'interval': [delta, delta], 'p': 1.0 if delta == 0 else 0.0, 'n': len(d)}
+    half = float(stats.t.ppf(1 - alpha / 2, len(d) - 1)) * se
+    return {'delta': delta, 'interval': [delta - half, delta + half], 'p': float(2 * stats.t.sf(abs(delta) / se, len(d) - 1)), 'n': len(d)}
 
 # %% ../nbs/17_results.ipynb #c551c31e
 def _defining_module(fn) -> str|None:
@@ -202,6 +215,10 @@ def check_record(rec:ResultRecord, tol:float=1e-9) -> list:
             out.append(f"{m}: stated {rec.metrics.get(m)} but the flags give {f.mean():.6f}")
         if not np.allclose(rec.interval.get(m, [np.nan, np.nan]), wilson_interval(int(f.sum()), len(f)), atol=1e-9):
             out.append(f"{m}: interval {rec.interval.get(m)} is not the Wilson interval of its flags")
+    if (cc := rec.extra.get('corrupt_correct')) is not None:
+        if len(cc) != rec.n: out.append(f"corrupt_correct: {len(cc)} counts for n = {rec.n}")
+        elif abs(np.mean(cc) / rec.extra.get('cells', float('nan')) - rec.extra.get('mCA', float('nan'))) > tol:
+            out.append(f"mCA: stated {rec.extra.get('mCA')} but the per-image counts give {np.mean(cc) / rec.extra.get('cells', float('nan')):.6f}")
     for k in ('mimbench', 'code_digest', 'code', 'commit', 'dirty', 'torch', 'device'):
         if k not in rec.provenance: out.append(f"provenance lacks {k!r}")
     for k in ('name', 'hash'):
@@ -266,14 +283,26 @@ def evaluate_protocol(model_or_run, protocol, method:str, seed:int=0, recipe:str
         flags, extra, seconds = _robust_flags(rep), {'warnings': rep.warnings, 'passes': rep.settings['passes']}, {'attacks': time.time() - t0}
         if protocol.corruptions and passes == protocol.passes[0]:
             t0 = time.time()
-            shift = shift_accuracy(model, ds, protocol.corruptions, protocol.severities, n=n, passes=passes, seed=seed, progress=progress)
-            extra.update(mCA=shift.mean_corruption_accuracy, relative_drop=shift.relative_drop, per_corruption=shift.per_corruption)
+            shift = shift_accuracy(model, ds, protocol.corruptions, protocol.severities, n=n, passes=passes, seed=seed,
+                                   progress=progress, per_image=True)
+            extra.update(shift_extra(shift))
             seconds['corruptions'] = time.time() - t0
         label = method if len(protocol.passes) == 1 else f"{method} [{rep.settings['passes']} pass{'es' if rep.settings['passes'] > 1 else ''}]"
         rec = make_record(label, protocol, evaluated, seed, flags, extra, seconds, next(model.parameters()).device)
         if root is not None: rec.save(root)
         records.append(rec)
     return records
+
+def shift_extra(shift:ShiftReport) -> dict:
+    "What a record keeps of a `shift_accuracy(per_image=True)` report: mCA, relative drop, per corruption, per-image counts."
+    return {'mCA': shift.mean_corruption_accuracy, 'relative_drop': shift.relative_drop, 'per_corruption': shift.per_corruption,
+            'skipped': shift.skipped, 'corrupt_correct': shift.corrupt_correct, 'cells': len(shift.corruptions) * len(shift.severities)}
+
+def image_scores(rec:ResultRecord, metric:str):
+    "Per-image scores of `metric` in `rec`: its 0/1 flags, or for 'mCA' each image's share of corruption cells right; None if not kept."
+    if metric in rec.flags: return unpack_flags(rec.flags[metric]).astype(float)
+    if metric == 'mCA' and rec.extra.get('corrupt_correct') is not None: return np.asarray(rec.extra['corrupt_correct'], float) / rec.extra['cells']
+    return None
 
 def _robust_flags(rep:RobustReport) -> dict:
     "{'clean': …, 'robust@ε': …} per-sample flags of a harness report."
