@@ -833,11 +833,10 @@ def arm_model(job:GridJob):
     raise ValueError(f"unknown defence {a.defense!r}; use 'de3', 'demask' or 'ttfp'")
 
 def ttfp_model(cfg, args:dict):
-    "TTFP around the fine-tuned run of `cfg`: prototypes and prompts fitted on its training images once (`ttfp.fit_ttfp`)."
+    "TTFP around the fine-tuned run of `cfg`: prototypes and prompts fitted on its training images once (`ttfp.fit_ttfp`, a trainer run)."
     from mimbench.ttfp import fit_ttfp
-    from mimbench.train import load_init, train_data, run_dir
-    settings = dict(classifier=str(run_dir(cfg)), dataset=cfg.dataset, seed=cfg.seed, **args)
-    return fit_ttfp(load_init(run_dir(cfg)).eval(), train_data(cfg), settings, Path(cfg.out) / 'ttfp', progress=False)[0]
+    from mimbench.train import run_dir
+    return fit_ttfp(run_dir(cfg), dict(n_train=cfg.n_train, seed=cfg.seed, **args), Path(cfg.out) / 'ttfp', progress=False)[0]
 
 # %% ../nbs/18_reproduce.ipynb #a20ccd9c
 def records_of(records:list, paper:str, evaluation:str, arm:str) -> list:

@@ -218,12 +218,8 @@ def ttfp_config(classifier, out='runs/ttfp', **settings) -> TrainConfig:
                 band=[None if b is None else float(b) for b in band])
     return TrainConfig(task='finetune', recipe='ttfp', recipe_args=args, init=str(Path(classifier).resolve()), **kw)
 
-def fit_ttfp(classifier, settings:dict|None=None, out='runs/ttfp', *old, progress:bool=True) -> tuple:
+def fit_ttfp(classifier, settings:dict|None=None, out='runs/ttfp', progress:bool=True) -> tuple:
     "`(ttfp, run)`: the TTFP of `settings` around `classifier` (run directory or checkpoint), trained by `train`, or cached."
-    if isinstance(classifier, nn.Module):   # the old call fit_ttfp(model, data, settings, out): until 18_reproduce passes its run
-        data, settings = settings, dict(out)
-        classifier, out = settings.pop('classifier'), old[0] if old else 'runs/ttfp'
-        settings.setdefault('n_train', len(data))
     cfg = ttfp_config(classifier, out, progress=progress, **(settings or {}))
     run = train(cfg)
     return load_model(run.dir, expect_kind='ttfp')[0].to(get_device(cfg.device)), run

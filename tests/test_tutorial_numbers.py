@@ -30,7 +30,7 @@ def notebooks(root=ROOT) -> dict:
 
 RESULT = re.compile(r"""(?x)
     (?<![\w.])[+±−-]?\d[\d,]*(?:\.\d+)?\s*(?:%|pp\b|percentage\ points?\b|points?\b)   # 71.3 %, 38%, +3 pp, 2.7 points
-  | (?<![\w./])[+±−-]?\d*\.\d+(?![\w/]|\.\d)                                          # 0.52, 67.4, .438 (not 1.5e-4, not 0.5/388)
+  | (?<![\w./])(?<!\w-)[+±−-]?\d*\.\d+(?![\w/]|\.\d)                                    # 0.52, 67.4, .438 (not 1.5e-4, 0.5/388, CIFAR-10.1)
   | (?<![\w.×/−-])\d+\s*×(?!\s*\d)                                                   # 6× faster (not 32×32, not 1e-5 ×)
   | (?<![\w./])\d[\d,]*\s*(?:ms|s|sec|seconds?|min|minutes?|h|hours?|[KMGT]i?B)\b    # 4 s, 72 ms, 20 min, 1335 MB
   | (?i:\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty|
@@ -46,9 +46,9 @@ SETTINGS = {                                     # notebook → phrases that hol
     'mae_frequency': ['75 % masking', 'layer-wise lr decay 0.75'],
     'mimir': ['layer decay 0.65', 'drop path 0.1', 'base lr 0.5e-2'],
     'nim_de3': ['mask ratio 0.75'],
-    'rebuffi_eps': ['lr decay 0.65', 'layer decay 0.65', '(0.65)', 'σ = 0.1', 'ε = 0.25',
+    'rebuffi_eps': ['lr decay 0.65', 'layer decay 0.65', '(0.65)', 'ε = 0.25',
                     'an RMS of 0.5/32 ≈ 0.016', 'RMS of 0.5/388 ≈ 0.0013', 'ε = 0.5', 'ℓ2 0.5'],
-    'rebuffi_transfer': ['{0.65, 0.75, 0.85, 0.95}', 'mask ratio (75 %)', 'ε = 0.5', 'ℓ2 0.5', 'label smoothing 0.1'],
+    'rebuffi_transfer': ['{0.65, 0.75, 0.85, 0.95}', 'mask ratio (75 %)', 'ε = 0.5', 'ℓ2 0.5'],
     'huang_adv_pretrain': ['0.001', '0.005'],
     # library notebooks: a corruption's parameters, iRPE's defaults, thresholds, worked examples
     '01_data': ["severity 1's σ = 0.05 blur", 'greyscale·1.5 + 0.5', 'at 0.95 of the side',
@@ -104,6 +104,7 @@ def test_the_rule():
     flagged = lambda md, allowed=(): [n for n, _ in typed_numbers(md, allowed)]
     assert flagged("MAE reaches 71.3 % clean and 38% robust, +3 pp over scratch.") == ['71.3 %', '38%', '+3 pp']
     assert flagged("The gap is 0.52 at n = 500.") == ['0.52']
+    assert flagged("CIFAR-10.1 v6 loads; the drop is -0.52.") == ['-0.52']                # a name with a version is not a result
     assert flagged("| mae | 67.4 | 60.5 |") == ['67.4', '60.5']
     assert flagged("Attack with ε = 8/255, 10 steps, patch 4, lr 1.5e-4, in 2021 (section 3).") == []
     assert flagged("MIMIR reports 76.30 natural accuracy (Xu et al., 2023).") == []
