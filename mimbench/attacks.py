@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 import torch
 import torch.nn.functional as F
-from torch import nn
-from .core import (Registry, check_images, check_labels, check_norm, check_passes, correct_every_pass, model_state,
+from .core import (Registry, check_images, check_labels, check_norm, check_passes, model_state,
                            parse_eps)
 
 # %% auto #0

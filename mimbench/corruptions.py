@@ -11,10 +11,10 @@ import torch
 from fastcore.script import call_parse, store_true
 from tqdm.auto import tqdm
 from .core import config_dict, config_hash, format_eps
-from .data import (CORRUPTIONS, SEVERITIES, Corruption, CorruptedDataset, corrupt, corrupt_dataset, corruption_cache,
+from .data import (CORRUPTIONS, SEVERITIES, corrupt, corrupt_dataset, corruption_cache,
                            corruption_names, dataset_fingerprint, get_dataset, load_batch, check_severity)
 from .train import TrainConfig, train
-from .evaluate import JSONReport, ShiftReport, shift_accuracy, robust_accuracy
+from .evaluate import JSONReport, shift_accuracy, robust_accuracy
 from .defenses import psnr
 
 # %% auto #0

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .core import check_images, model_state, write_json
-from .models import MAE, load_model
+from .models import MAE
 from .data import as_dataset, load_batch
 from .mim import add_noise
 from .train import FINETUNE_OBJECTIVES, load_init

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #1d64f837
 from __future__ import annotations
-import json, math, os, tempfile, time, warnings
+import json, tempfile, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from fastcore.script import call_parse, store_true
-from .core import (check_images, check_labels, check_norm, parse_eps, format_eps, seed_everything, write_json, atomic_write,
-                           get_device, model_state)
+from .core import (check_images, check_labels, check_norm, parse_eps, format_eps, seed_everything, atomic_write,
+                           get_device, model_state, correct_every_pass)
 from .data import (get_dataset, load_batch, as_dataset, TensorPair, ImageDataset, CORRUPTIONS, SEVERITIES, CorruptedDataset, check_severity,
-                           corrupt_dataset, corruption_cache, corruption_names, dataset_fingerprint)
+                           corrupt_dataset, corruption_cache, dataset_fingerprint)
 from .models import load_model, CLASSIFIER_KINDS
 from .train import accuracy
-from .attacks import (ATTACKS, AttackSpec, AttackResult, attack_context, is_randomized, lp_norm, pgd,
-                              check_passes, default_passes, correct_every_pass)
+from .attacks import (ATTACKS, AttackSpec, AttackResult, attack_context, is_randomized, pgd,
+                              default_passes)
 
 # %% auto #0
 __all__ = ['DEFAULT_ATTACKS', 'quick_classifier', 'JSONReport', 'RobustReport', 'input_gradient_health', 'sanity_warnings',

@@ -933,7 +933,7 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
 # %% ../nbs/18_reproduce.ipynb #9633992c
 def plot_comparisons(rows:list, path=None):
     "Each comparison's arms a (●) and b (■) with 95 % intervals; the paper's numbers as open markers."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
     for i, row in enumerate(rows[::-1]):
         c = row['comparison']

@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_results.ipynb #fde2926e
 from __future__ import annotations
-import base64, datetime, hashlib, json, math, subprocess, time
+import base64, datetime, json, math, subprocess, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from fastcore.script import call_parse, store_true
-from .core import check_images, check_norm, parse_eps, write_json, atomic_write, config_dict, get_device
+from .core import correct_every_pass, check_images, check_norm, parse_eps, write_json, atomic_write, config_dict, get_device
 from .data import get_dataset
 from .models import (MODEL_BUILDERS, CLASSIFIER_KINDS, CheckpointError, build_model, checkpoint_file, load_model,
                              load_weights, read_checkpoint)
-from .attacks import ATTACKS, AttackSpec, perturb, classifier_loss, correct_every_pass
+from .attacks import ATTACKS, AttackSpec, perturb, classifier_loss
 from .train import FINETUNE_OBJECTIVES, TrainConfig, train, run_dir
 from .frequency import fft2c, ifft2c, band_mask, first_samples, model_device
 
