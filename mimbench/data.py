@@ -261,7 +261,8 @@ def imagefolder(split='train', root=None, img_size=32, channels=3):
     "Images from `root/<class>/<image>` (or `root/<split>/<class>/<image>` when split folders exist)."
     if root is None: raise FileNotFoundError("imagefolder needs a path: get_dataset('imagefolder:<path>') or root=<path>.")
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f"imagefolder root {root} does not exist or is not a folder.")
+    if not root.is_dir(): raise FileNotFoundError(f"imagefolder root {root} does not exist or is not a folder: pass the folder that holds "
+                                                  f"one sub-folder per class (imagefolder:<path>, --root <path>).")
     if (root / split).is_dir(): root = root / split
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     files = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).rglob('*')) if p.suffix.lower() in IMAGE_EXTS]
