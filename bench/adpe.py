@@ -8,8 +8,8 @@ backward, so it should cost almost nothing: target ≤ 1.15× for the embedding 
 (rounds of a few steps each, median over rounds) so that a shared or throttling machine affects all of them alike.
 Also reports plain MAE vs MAE+ (APE) for reference. Prints ms/step and the ratio AdPE / base.
 
-Measured (CPU, 1 thread, `OMP_NUM_THREADS=1 python bench/adpe.py --rounds 9`): APE-emb ×0.98–1.01, APE-coord ×0.94–1.02,
-RPE-emb ×1.04–1.08, RPE-coord ×1.04–1.08 (range of 4 runs); GPU numbers are in nbs/tutorials/adpe.ipynb.
+Results: `--save` writes bench/results/adpe-<device>.json, from which the README's speed table is generated
+(bench/speed_table.py); no numbers are kept here.
 """
 import argparse, statistics, time
 import torch

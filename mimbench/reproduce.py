@@ -17,12 +17,12 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDGETS', 'EVALUATORS', 'Arm', 'Evaluation',
-           'Comparison', 'PaperSetting', 'Grid', 'paper_table', 'native_geometry', 'Resolved', 'resolve_scale',
-           'Planned', 'plan', 'resolve_eps', 'metric_name', 'budget_kwargs', 'check_attack', 'check_data',
-           'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol', 'results_folder',
-           'GridJob', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe', 'arm_model', 'ttfp_model', 'records_of',
-           'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction', 'current_records', 'write_report',
-           'reproduce', 'plan_summary', 'cli_reproduce']
+           'Comparison', 'PaperSetting', 'Grid', 'paper_table', 'grid_markdown', 'native_geometry', 'Resolved',
+           'resolve_scale', 'Planned', 'plan', 'resolve_eps', 'metric_name', 'budget_kwargs', 'check_attack',
+           'check_data', 'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol',
+           'results_folder', 'GridJob', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe', 'arm_model',
+           'ttfp_model', 'records_of', 'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction',
+           'current_records', 'write_report', 'reproduce', 'plan_summary', 'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -354,6 +354,22 @@ def paper_table(paper:str) -> str:
         if c.b_evaluation: ev += f" vs {c.b_evaluation}"
         rows.append(f"| {c.claim} | {c.a} | {c.b} | {ev} · {c.metric} | {fmt(c.paper_a)} | {pb} | {c.source} |")
     return '\n'.join(rows)
+
+# %% ../nbs/18_reproduce.ipynb #c76b0ee0
+def _args(name, d:dict) -> str: return ' '.join([name or '–'] + ([', '.join(f"{k}={v}" for k, v in d.items())] if d else []))
+
+def grid_markdown(paper:str) -> str:
+    "`paper`'s grid as markdown: one table of arms (role, pretraining, fine-tuning, defence, evaluations), one of evaluations."
+    g = GRIDS[paper]
+    arms = ['| arm | role | pretraining | fine-tuning | defence | evaluated by |', '|---|---|---|---|---|---|'] + [
+        f"| {a.name} | {a.role} | {_args(a.pretext or 'none (same total epochs)', a.pretext_args)} | {_args(a.finetune, {**a.finetune_args, **a.train})}"
+        f"{' (preset ' + a.preset + ')' if a.preset else ''} | {_args(a.defense, a.defense_args)} "
+        f"| {', '.join(e.name for e in g.evaluations if a.evaluate and (e.arms is None or a.name in e.arms)) or 'not evaluated'} |"
+        for a in g.arms]
+    evs = ['| evaluation | attacks | ε | norm | passes | note |', '|---|---|---|---|---|---|'] + [
+        f"| {e.name} | {', '.join(a if isinstance(a, str) else a[0] for a in e.attacks) or ('clean + corruptions' if e.corruptions else e.what)} "
+        f"| {', '.join(map(str, e.eps)) or '–'} | {e.norm} | {e.passes or 'default'} | {e.note} |" for e in g.evaluations]
+    return '\n'.join(arms) + '\n\n' + '\n'.join(evs)
 
 # %% ../nbs/18_reproduce.ipynb #58f75780
 NATIVE = {'fashion-mnist': (1, 28), 'cifar10': (3, 32), 'cifar10-sample': (3, 32)}   # channels, side of the stored images
