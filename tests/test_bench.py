@@ -81,3 +81,15 @@ def test_speed_table_renders_between_markers(tmp_path):
 
 def test_readme_speed_table_is_up_to_date():
     assert speed_table.main(['--check']) == 0, "run `python bench/speed_table.py` after saving bench results"
+
+
+def test_budget_estimates_every_stage_and_autoattack(capsys):
+    "bench/budget.py measures a step of each stage kind at a scale and prices AutoAttack from the committed profile."
+    budget = _load('budget')
+    budget.main(['--scale', 'micro', '--threads', '1', '--reps', '1', '--n', '16'])
+    out = capsys.readouterr().out
+    for stage in ('pretrain mae', 'pretrain mimir', 'fine-tune ce', 'fine-tune pgd-at'): assert stage in out, out
+    per_image = float(out.split('AutoAttack standard ≈ ')[1].split(' s/image')[0])
+    assert per_image > 0, out
+    t_fwd = budget.median_seconds(lambda: sum(range(10000)), 3)
+    assert 0 < t_fwd < 1
