@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
-from .results import SCALES, PROTOCOLS, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
+from .results import SCALES, PROTOCOLS, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
 from .attacks import ATTACKS
 from torch import nn
 
@@ -694,7 +694,7 @@ def _by_interval(lo:float, hi:float) -> str:
 def _mean_interval(x, flags:bool) -> tuple:
     "95 % interval of a mean: Wilson for 0/1 flags, normal for shares."
     if flags: return wilson_interval(int(x.sum()), len(x))
-    half = 1.959963984540054 * x.std(ddof=1) / math.sqrt(len(x)); return (float(x.mean() - half), float(x.mean() + half))
+    half = Z95 * x.std(ddof=1) / math.sqrt(len(x)); return (float(x.mean() - half), float(x.mean() + half))
 
 def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|None=None, alpha:float=0.05) -> dict:
     "The verdict on 'a beats b on `metric`' from the records' per-image results, with the test used and its numbers."
@@ -709,20 +709,20 @@ def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|Non
     out = {'acc_a': float(pa.mean()), 'acc_b': float(pb.mean()), 'n_a': len(pa), 'n_b': len(pb),
            'interval_a': _mean_interval(pa, flags), 'interval_b': _mean_interval(pb, flags)}
     seeds = [s for s in fa if s in fb and fa[s][0] == fb[s][0] and fa[s][0] is not None and len(fa[s][1]) == len(fb[s][1])]
-    if seeds and flags:
-        mc = mcnemar(np.concatenate([fa[s][1] for s in seeds]), np.concatenate([fb[s][1] for s in seeds]))
+    if seeds:
+        sa, sb = np.concatenate([fa[s][1] for s in seeds]), np.concatenate([fb[s][1] for s in seeds])
+        if not flags:
+            pdiff = paired_difference(sa, sb, alpha)
+            return {'verdict': _by_interval(*pdiff['interval']), 'test': 'paired-t', 'seeds': seeds, **pdiff, **out}
+        mc = mcnemar(sa, sb)
         v = 'inconclusive' if mc['p'] >= alpha else ('held' if mc['only_a'] > mc['only_b'] else 'not held')
         return {'verdict': v, 'test': 'mcnemar', 'seeds': seeds, **mc, **out}
-    if seeds:
-        pdiff = paired_difference(np.concatenate([fa[s][1] for s in seeds]), np.concatenate([fb[s][1] for s in seeds]), alpha)
-        return {'verdict': _by_interval(*pdiff['interval']), 'test': 'paired-t', 'seeds': seeds, **pdiff, **out}
     if flags:
         (la, ha), (lb, hb) = out['interval_a'], out['interval_b']
         return {'verdict': 'held' if la > hb else 'not held' if ha < lb else 'inconclusive', 'test': 'wilson-intervals', **out}
     delta, se = float(pa.mean() - pb.mean()), math.sqrt(pa.var(ddof=1) / len(pa) + pb.var(ddof=1) / len(pb))
-    z = 1.959963984540054
-    return {'verdict': _by_interval(delta - z * se, delta + z * se), 'test': 'welch', 'delta': delta,
-            'interval': [delta - z * se, delta + z * se], **out}
+    interval = [delta - Z95 * se, delta + Z95 * se]
+    return {'verdict': _by_interval(*interval), 'test': 'welch', 'delta': delta, 'interval': interval, **out}
 
 # %% ../nbs/18_reproduce.ipynb #f56c4d14
 def verdict(records_a:list, records_b:list, metric:str, metric_b:str|None=None, alpha:float=0.05) -> str:

@@ -217,8 +217,8 @@ def check_record(rec:ResultRecord, tol:float=1e-9) -> list:
             out.append(f"{m}: interval {rec.interval.get(m)} is not the Wilson interval of its flags")
     if (cc := rec.extra.get('corrupt_correct')) is not None:
         if len(cc) != rec.n: out.append(f"corrupt_correct: {len(cc)} counts for n = {rec.n}")
-        elif abs(np.mean(cc) / rec.extra.get('cells', float('nan')) - rec.extra.get('mCA', float('nan'))) > tol:
-            out.append(f"mCA: stated {rec.extra.get('mCA')} but the per-image counts give {np.mean(cc) / rec.extra.get('cells', float('nan')):.6f}")
+        elif abs((mca := np.mean(cc) / rec.extra.get('cells', float('nan'))) - rec.extra.get('mCA', float('nan'))) > tol:
+            out.append(f"mCA: stated {rec.extra.get('mCA')} but the per-image counts give {mca:.6f}")
     for k in ('mimbench', 'code_digest', 'code', 'commit', 'dirty', 'torch', 'device'):
         if k not in rec.provenance: out.append(f"provenance lacks {k!r}")
     for k in ('name', 'hash'):

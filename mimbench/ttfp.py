@@ -19,9 +19,9 @@ from .train import FINETUNE_OBJECTIVES, TrainConfig, train, run_dir
 from .frequency import fft2c, ifft2c, band_mask, first_samples, model_device
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'TTFP_TRAINING', 'ADAPTIVE_MODES', 'kmeans', 'pre_logits', 'features_of', 'TTFP', 'ttfp_from_config',
-           'build_ttfp', 'PromptObjective', 'ttfp_config', 'fit_ttfp', 'load_ttfp', 'ttfp_adaptive', 'evaluate_ttfp',
-           'ttfp_markdown', 'cli_ttfp']
+__all__ = ['OBJECTIVES', 'TTFP_TRAINING', 'ADAPTIVE_MODES', 'kmeans', 'pre_logits', 'features_of', 'ttfp_band', 'TTFP',
+           'ttfp_from_config', 'build_ttfp', 'PromptObjective', 'ttfp_config', 'fit_ttfp', 'load_ttfp', 'ttfp_adaptive',
+           'evaluate_ttfp', 'ttfp_markdown', 'cli_ttfp']
 
 # %% ../nbs/12b_ttfp.ipynb #271fbff1
 def kmeans(x, k:int, iters:int=50, seed:int=0, tol:float=1e-6):
@@ -58,6 +58,10 @@ def features_of(feature_fn, data, n:int|None=5000, batch_size:int=500, device=No
     return torch.cat([feature_fn(c.to(device) if device is not None else c).flatten(1).float().cpu() for c in x.split(batch_size)])
 
 # %% ../nbs/12b_ttfp.ipynb #2ed06239
+def ttfp_band(band, img_size:int) -> tuple:
+    "(low, high) radii of the prompts' band: `band`, or TTFP's default (img_size / 8, no upper bound)."
+    return tuple(band) if band is not None else (img_size / 8, None)
+
 class TTFP(nn.Module):
     "Test-time frequency-domain prompting: logits = classifier(IFFT(FFT(x) + band-limited prompt of x's nearest prototype))."
     is_randomized = False
@@ -65,7 +69,7 @@ class TTFP(nn.Module):
                  band:tuple|None=None, prompt_rms:float=16 / 255, features=None, selection_tau:float|None=None,
                  clip_bpda:bool=False, attack_prompt:int|None=None):
         super().__init__()
-        low, high = tuple(band) if band is not None else (img_size / 8, None)
+        low, high = ttfp_band(band, img_size)
         self.classifier, self.features, self.check_inputs = classifier, features, True
         self.img_size, self.in_chans, self.band = img_size, in_chans, (low, high)
         self.prompt_rms, self.selection_tau, self.clip_bpda = float(prompt_rms), selection_tau, clip_bpda
@@ -213,7 +217,7 @@ def ttfp_config(classifier, out='runs/ttfp', **settings) -> TrainConfig:
     kw.update({k: v for k, v in settings.items() if k in fields})
     kw.setdefault('min_lr', kw['lr'])                                   # a constant lr unless min_lr is given
     args.update({k: v for k, v in settings.items() if k in args})
-    band = args['band'] if args['band'] is not None else (kw['img_size'] / 8, None)      # TTFP's default band, spelled out
+    band = ttfp_band(args['band'], kw['img_size'])                      # the default spelled out: one run per band
     args.update(eps=parse_eps(args['eps'], args['norm']), prompt_rms=parse_eps(args['prompt_rms']),
                 band=[None if b is None else float(b) for b in band])
     return TrainConfig(task='finetune', recipe='ttfp', recipe_args=args, init=str(Path(classifier).resolve()), **kw)
