@@ -371,7 +371,8 @@ def _train(cfg:TrainConfig, d:Path, force:bool, stale:str='retrain') -> Run:
     total, warmup = cfg.epochs * batches_per_epoch, int(cfg.warmup_epochs * batches_per_epoch)
     ckpt = d / 'checkpoint.safetensors'
     step, logged = 0, []
-    for stale in d.glob('.*.tmp'): stale.unlink()            # left by a kill in the middle of an atomic write
+    if rank == 0:                                          # only rank 0 writes files, so only it may sweep its leftovers
+        for leftover in d.glob('.*.tmp'): leftover.unlink(missing_ok=True)   # left by a kill in the middle of an atomic write
     if ckpt.exists():
         step, logged = load_checkpoint(ckpt, model, optimizer)
         if rank == 0: _truncate_metrics(d, step)
