@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
-from .results import SCALES, PROTOCOLS, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
+from .results import SCALES, PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
 from .attacks import ATTACKS
 from torch import nn
 
@@ -22,7 +22,7 @@ __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDG
            'check_data', 'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol',
            'results_folder', 'GridJob', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe', 'arm_model',
            'ttfp_model', 'records_of', 'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction',
-           'current_records', 'write_report', 'reproduce', 'plan_summary', 'cli_reproduce']
+           'current_records', 'write_report', 'reproduce', 'committed_report', 'plan_summary', 'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -1066,6 +1066,19 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     secs = {k: [round(s, 1) for s in v] for k, v in seconds.items()} | {'wall': round(time.time() - t_start, 1)}
     log(f"{paper} @ {scale}: {len(made)} records made, {len(trained)} runs trained in {secs['wall']:.0f}s; report {report}")
     return Reproduction(paper, scale, folder, records, rows, report, figure, trained, made, complete, secs)
+
+# %% ../nbs/18_reproduce.ipynb #47907ca7
+def committed_report(paper:str, results='results', scale:str='small', dataset:str|None=None, methods=None) -> str:
+    "The report of `paper`'s current records at `scale` under `results` (`methods`: only these arms), or how to make them."
+    r = resolve_scale(paper, scale, dataset)
+    folder = results_folder(results, paper, scale, r.data['dataset'])
+    records = [x for x in load_records(folder) if not x.is_stale() and (methods is None or x.method in methods)] if folder.exists() else []
+    if not records:
+        shown = results_folder(Path(results).name, paper, scale, r.data['dataset'])
+        return (f"No current {scale}-scale records of {paper} in `{shown}` yet. "
+                f"Make them (CPU, resumable) with `mimbench reproduce {paper} --scale {scale}`.")
+    shape = (r.data['channels'], r.data['img_size'], r.data['img_size'])
+    return report_markdown(paper, records, comparison_rows(paper, records, shape), r)
 
 # %% ../nbs/18_reproduce.ipynb #724705a7
 def plan_summary(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None) -> str:
