@@ -10,6 +10,9 @@ import argparse, json, sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / 'tools'))
+from readme_section import update_section
+
 START, END = '<!-- speed-table:start -->', '<!-- speed-table:end -->'
 
 
@@ -50,27 +53,13 @@ def table(results) -> str:
     return '\n'.join(L) + '\n'
 
 
-def render(readme_text:str, tbl:str) -> str:
-    if START not in readme_text or END not in readme_text:
-        raise SystemExit(f"speed_table: README.md has no {START} … {END} markers")
-    a, rest = readme_text.split(START, 1)
-    _, b = rest.split(END, 1)
-    return f"{a}{START}\n{tbl}{END}{b}"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--results', default=str(HERE / 'results')); ap.add_argument('--readme', default=str(HERE.parent / 'README.md'))
     ap.add_argument('--check', action='store_true', help='exit 1 if README.md is out of date')
     a = ap.parse_args(argv)
-    p = Path(a.readme); old = p.read_text()
-    new = render(old, table(a.results))
-    if a.check:
-        if new != old: print("speed_table: README.md's speed table is out of date: run `python bench/speed_table.py`"); return 1
-        return 0
-    if new != old: p.write_text(new); print(f"updated the speed table in {p}")
-    else: print(f"{p}: speed table already up to date")
-    return 0
+    return update_section(a.readme, START, END, table(a.results), 'speed table', 'python bench/speed_table.py', a.check,
+                          who='speed_table')
 
 
 if __name__ == '__main__':

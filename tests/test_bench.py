@@ -93,3 +93,10 @@ def test_budget_estimates_every_stage_and_autoattack(capsys):
     assert per_image > 0, out
     t_fwd = budget.median_seconds(lambda: sum(range(10000)), 3)
     assert 0 < t_fwd < 1
+
+def test_readme_section_without_markers_says_what_to_add(tmp_path):
+    "Both README generators share tools/readme_section.py: no markers is a clear error, and nothing is written."
+    readme = tmp_path / 'README.md'; readme.write_text("# t\n")
+    with pytest.raises(SystemExit, match='no <!-- speed-table:start -->'):
+        speed_table.main(['--results', str(tmp_path), '--readme', str(readme)])
+    assert readme.read_text() == "# t\n"

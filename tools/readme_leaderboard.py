@@ -11,6 +11,9 @@ import argparse, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'tools'))
+from readme_section import update_section
+
 START, END = '<!-- leaderboard:start -->', '<!-- leaderboard:end -->'
 
 
@@ -63,28 +66,14 @@ def corruption_table(records, baseline:str='mae') -> list:
     return out + ['']
 
 
-def render(readme_text:str, body:str) -> str:
-    if START not in readme_text or END not in readme_text:
-        raise SystemExit(f"readme_leaderboard: README.md has no {START} … {END} markers")
-    a, rest = readme_text.split(START, 1)
-    _, b = rest.split(END, 1)
-    return f"{a}{START}\n{body}{END}{b}"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--results', default=str(ROOT / 'results')); ap.add_argument('--readme', default=str(ROOT / 'README.md'))
     ap.add_argument('--scale', default='small', help='the scale whose plan the coverage line counts')
     ap.add_argument('--check', action='store_true', help='exit 1 if README.md is out of date')
     a = ap.parse_args(argv)
-    p = Path(a.readme); old = p.read_text()
-    new = render(old, section(a.results, a.scale))
-    if a.check:
-        if new != old: print("readme_leaderboard: README.md's leaderboard is out of date: run `python tools/readme_leaderboard.py`"); return 1
-        return 0
-    if new != old: p.write_text(new); print(f"updated the leaderboard in {p}")
-    else: print(f"{p}: leaderboard already up to date")
-    return 0
+    return update_section(a.readme, START, END, section(a.results, a.scale), 'leaderboard', 'python tools/readme_leaderboard.py',
+                          a.check, who='readme_leaderboard')
 
 
 if __name__ == '__main__':
