@@ -43,7 +43,7 @@ SETTINGS_EVERYWHERE = ['95 % Wilson', '95 % interval', '95 % confidence']
 SETTINGS = {                                     # notebook → phrases that hold a setting, not a result
     # tutorials
     'quickstart': ['reconstruct 75 % of the patches from the other 25 %', 'the 25 % it is shown'],
-    'mae_frequency': ['75 % masking', 'layer-wise lr decay 0.75'],
+    'mae_frequency': ['75 % masking'],
     'mimir': ['layer decay 0.65', 'drop path 0.1', 'base lr 0.5e-2'],
     'nim_de3': ['mask ratio 0.75'],
     'rebuffi_eps': ['lr decay 0.65', 'layer decay 0.65', '(0.65)', 'ε = 0.25',
