@@ -100,3 +100,17 @@ def test_probe_needs_per_sample_flags(monkeypatch):
     monkeypatch.setattr(att, 'linear_probe', lambda train_feats, train_y, test_feats, test_y: 0.5, raising=False)
     ev = GRIDS['adpe'].evaluation('linear-probe')
     assert any('per_sample' in p for p in check_evaluation(GRIDS['adpe'], ev, []))
+
+@pytest.mark.parametrize('paper', PAPERS)
+def test_every_arm_of_a_grid_gets_the_same_finetuning_budget(paper):
+    "Equal budgets inside a grid: one label smoothing, lr and batch for every classifier, the same epochs for every "
+    "pretrained arm, and a scratch arm gets the pretraining epochs on top. (De³ once lacked the others' label smoothing.)"
+    arms = plan(paper, 'small')
+    budget = {(p.finetune.recipe_args.get('label_smoothing', 0.), p.finetune.lr, p.finetune.batch_size) for p in arms}
+    assert len(budget) == 1, f"{paper}: fine-tuning budgets differ between arms: {budget}"
+    pretrained = {p.finetune.epochs for p in arms if p.pretrain is not None}
+    assert len(pretrained) == 1, f"{paper}: pretrained arms fine-tune for different epochs: {pretrained}"
+    pre_epochs = {p.pretrain.epochs for p in arms if p.pretrain is not None}
+    scratch = {p.arm.name: p.finetune.epochs for p in arms if p.pretrain is None}
+    (ft_epochs,), (pre,) = pretrained, pre_epochs
+    assert all(e == ft_epochs + pre for e in scratch.values()), f"{paper}: scratch arms' epochs {scratch}, expected {ft_epochs + pre}"
