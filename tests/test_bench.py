@@ -100,3 +100,13 @@ def test_readme_section_without_markers_says_what_to_add(tmp_path):
     with pytest.raises(SystemExit, match='no <!-- speed-table:start -->'):
         speed_table.main(['--results', str(tmp_path), '--readme', str(readme)])
     assert readme.read_text() == "# t\n"
+
+def test_aa_stages_times_every_autoattack_stage(tiny_run, capsys):
+    "bench/aa_stages.py prints the wall seconds of each AutoAttack stage on a trained run (issue 16: where the time goes)."
+    clf = next((tiny_run[1] / 'clf').rglob('model.safetensors'))
+    _load('aa_stages').main([str(clf.parent), '--n', '4'])
+    out = capsys.readouterr().out
+    assert 'n = 4' in out and 'robust' in out, out
+    shares = [float(l.split()[-2]) for l in out.splitlines()[1:]]
+    assert [l.split()[0] for l in out.splitlines()[1:]] == ['apgd-ce', 'apgd-t', 'fab-t', 'square'], out
+    assert abs(sum(shares) - 100) < 0.5, out
