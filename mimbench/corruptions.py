@@ -18,7 +18,8 @@ from .evaluate import JSONReport, shift_accuracy, robust_accuracy
 from .defenses import psnr
 
 # %% auto #0
-__all__ = ['suite_psnr', 'plot_suite', 'build_suite', 'cli_corrupt', 'LayerDecaySweep', 'layer_decay_sweep', 'cli_lr_sweep']
+__all__ = ['suite_psnr', 'plot_suite', 'build_suite', 'cli_corrupt', 'LayerDecaySweep', 'layer_decay_sweep', 'cli_lr_sweep',
+           'mca_table']
 
 # %% ../nbs/16_corruptions.ipynb #0dbe7444
 def suite_psnr(x:torch.Tensor, corruptions='all', severities=SEVERITIES, seed:int=0) -> dict:
@@ -171,3 +172,30 @@ def cli_lr_sweep(cfg:TrainConfig=dict(task='finetune', recipe='ce', blr=1e-3, au
     return sw
 
 cli_lr_sweep.fixed = ('layer_decay', 'eval_split')   # set by the sweep, not options
+
+# %% ../nbs/16_corruptions.ipynb #a250c95a
+def mca_table(records, baseline:str='mae') -> str:
+    "Markdown: mCA per method (mean ± sd over seeds) and Δ vs `baseline` by a paired t-test on seed-matched per-image scores."
+    import numpy as np
+    from mimbench.results import image_scores, paired_difference
+    by = {}
+    for r in records:
+        if image_scores(r, 'mCA') is not None: by.setdefault(r.method, []).append(r)
+    if not by: return ''
+    base = {r.seed: r for r in by.get(baseline, [])}
+    out = ["Mean corruption accuracy (mCA: each image's share of the corruption × severity cells classified right, "
+           f"averaged): mean ± sd over seeds; Δ vs {baseline}: paired t-test on the seed-matched per-image scores, 95 % interval.", '',
+           f"| method | seeds | mCA (%) | Δ mCA vs {baseline} |", '|---|---|---|---|']
+    for method in sorted(by, key=lambda m: (m != baseline, m)):
+        recs = by[method]
+        vals = [float(np.mean(image_scores(r, 'mCA'))) for r in recs]
+        cell = f"{100 * np.mean(vals):.1f}" + (f" ± {100 * np.std(vals, ddof=1):.1f}" if len(vals) > 1 else '')
+        pairs = [(r, base[r.seed]) for r in recs if r.seed in base]
+        delta = ''
+        if method != baseline and pairs:
+            d = paired_difference(np.concatenate([image_scores(a, 'mCA') for a, _ in pairs]),
+                                  np.concatenate([image_scores(b, 'mCA') for _, b in pairs]))
+            delta = (f"{100 * d['delta']:+.1f} [{100 * d['interval'][0]:+.1f}, {100 * d['interval'][1]:+.1f}] "
+                     f"(p = {d['p']:.2g}, {len(pairs)} seed(s))")
+        out.append(f"| {method} | {len(recs)} | {cell} | {delta} |")
+    return '\n'.join(out) + '\n'

@@ -20,6 +20,7 @@ START, END = '<!-- leaderboard:start -->', '<!-- leaderboard:end -->'
 def section(results, scale:str='small') -> str:
     "The markdown between the markers: coverage of the plan, then one table per protocol with records."
     from mimbench.results import PROTOCOLS, load_records, leaderboard_text, plan_jobs, run_leaderboard
+    from mimbench.corruptions import mca_table
     records = load_records(results)
     if not records:
         return (f"_No leaderboard records are committed yet: `mimbench leaderboard --run --scale {scale}` makes them "
@@ -36,34 +37,9 @@ def section(results, scale:str='small') -> str:
         n = sorted({r.n for r in records if r.protocol['name'] == name})
         lines += [f"*{p.description}* n = {', '.join(map(str, n))} test images per seed.", '',
                   leaderboard_text(results, name), '']
-        lines += corruption_table([r for r in records if r.protocol['name'] == name and not r.is_stale()])
+        mca = mca_table([r for r in records if r.protocol['name'] == name and not r.is_stale()])
+        if mca: lines += [mca]
     return '\n'.join(lines)
-
-
-def corruption_table(records, baseline:str='mae') -> list:
-    "mCA per method (mean ± sd over seeds) and Δ vs `baseline` with a paired t-test on seed-matched per-image scores."
-    import numpy as np
-    from mimbench.results import image_scores, paired_difference
-    by = {}
-    for r in records:
-        if image_scores(r, 'mCA') is not None: by.setdefault(r.method, []).append(r)
-    if not by: return []
-    base = {r.seed: r for r in by.get(baseline, [])}
-    out = ['Mean corruption accuracy (mCA: each image\'s share of the corruption × severity cells classified right, '
-           f"averaged): mean ± sd over seeds; Δ vs {baseline}: paired t-test on the seed-matched per-image scores, 95 % interval.", '',
-           f"| method | seeds | mCA (%) | Δ mCA vs {baseline} |", '|---|---|---|---|']
-    for method in sorted(by, key=lambda m: (m != baseline, m)):
-        recs = by[method]
-        vals = [float(np.mean(image_scores(r, 'mCA'))) for r in recs]
-        cell = f"{100 * np.mean(vals):.1f}" + (f" ± {100 * np.std(vals, ddof=1):.1f}" if len(vals) > 1 else '')
-        pairs = [(r, base[r.seed]) for r in recs if r.seed in base]
-        delta = ''
-        if method != baseline and pairs:
-            d = paired_difference(np.concatenate([image_scores(a, 'mCA') for a, _ in pairs]),
-                                  np.concatenate([image_scores(b, 'mCA') for _, b in pairs]))
-            delta = f"{100 * d['delta']:+.1f} [{100 * d['interval'][0]:+.1f}, {100 * d['interval'][1]:+.1f}] (p = {d['p']:.2g}, {len(pairs)} seed(s))"
-        out.append(f"| {method} | {len(recs)} | {cell} | {delta} |")
-    return out + ['']
 
 
 def main(argv=None):
