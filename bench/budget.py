@@ -2,7 +2,7 @@
 
 `mimbench reproduce P --scale S` and `mimbench leaderboard --run --scale S` train and evaluate many models. Before a
 long sitting, measure here what one step of each stage costs at that scale (the scale's model, patch, batch and image
-shape from `mimbench.results.SCALES`), and what AutoAttack standard costs per image: the forwards per image of each
+shape from `mimbench.leaderboard.SCALES`), and what AutoAttack standard costs per image: the forwards per image of each
 AutoAttack stage come from the committed profile `bench/results/attacks-cpu.json` (they depend on the data and ε, not
 on the machine), times this machine's measured cost of one no-grad forward and one forward + backward of the model.
 
@@ -46,12 +46,12 @@ def forward_seconds(model, x, reps:int) -> tuple:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--scale', default='small', help='a mimbench.results.SCALES name (micro, small, paper)')
+    ap.add_argument('--scale', default='small', help='a mimbench.leaderboard.SCALES name (micro, small, paper)')
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--reps', type=int, default=5, help='timed steps per stage (median)')
     ap.add_argument('--n', type=int, default=1000, help='evaluation images for the AutoAttack estimate')
     a = ap.parse_args(argv)
-    from mimbench.results import SCALES
+    from mimbench.leaderboard import SCALES
     from mimbench.train import TrainConfig
     from mimbench.models import create_vit
     torch.set_num_threads(a.threads)

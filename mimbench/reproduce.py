@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
-from .results import SCALES, PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
+from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
+from .leaderboard import SCALES
 from .attacks import ATTACKS
 from torch import nn
 

@@ -110,3 +110,23 @@ def test_aa_stages_times_every_autoattack_stage(tiny_run, capsys):
     shares = [float(l.split()[-2]) for l in out.splitlines()[1:]]
     assert [l.split()[0] for l in out.splitlines()[1:]] == ['apgd-ce', 'apgd-t', 'fab-t', 'square'], out
     assert abs(sum(shares) - 100) < 0.5, out
+
+
+def test_forward_floor_charges_gradients_and_skips_empty_stages(monkeypatch):
+    "The AutoAttack floor: images with autograd cost more than images without; a stage with no forwards costs nothing."
+    import torch
+    monkeypatch.syspath_prepend(str(ROOT / 'bench'))       # bench/attacks.py imports its sibling _common
+    from mimbench.models import create_vit
+    attacks = _load('attacks')
+    torch.manual_seed(0)
+    m = create_vit('micro', img_size=16, patch_size=8, in_chans=1)
+    by_stage = {'no grad': {'forwards': 4, 'images_grad': 0, 'images_no_grad': 256},
+                'grad': {'forwards': 4, 'images_grad': 256, 'images_no_grad': 0},
+                'idle': {'forwards': 0, 'images_grad': 0, 'images_no_grad': 0}}
+    f = attacks.forward_floor(m, by_stage, (1, 16, 16), min_seconds=0.2)
+    assert set(f['by_stage']) == {'no grad', 'grad'} and f['by_stage']['grad'] > 1.3 * f['by_stage']['no grad'] > 0
+    assert abs(f['seconds'] - sum(f['by_stage'].values())) < 1e-12
+    res = {'autoattack ours': {'time': 2 * f['seconds'], 'by_stage': by_stage},
+           'autoattack torchattacks': {'time': 3 * f['seconds'], 'by_stage': by_stage}}
+    attacks.add_floor(res, m, (1, 16, 16))
+    assert 1.5 < res['autoattack ours']['over_floor'] < 2.5 and 2.0 < res['max_ratio'] < 4.5

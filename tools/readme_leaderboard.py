@@ -2,9 +2,11 @@
 
     python tools/readme_leaderboard.py [--results results] [--readme README.md] [--scale small] [--check]
 
-One table per protocol, each made by `mimbench.results.leaderboard_text` (mean ± sd over seeds, the pooled Wilson
-interval, Δ vs MAE with McNemar's test, code digest and commit), headed by the protocol's description and n, and by how
-many entries of the scale's plan have current records — so a partial leaderboard says that it is partial.
+One table per protocol, each made by `mimbench.leaderboard.leaderboard_text` — the table `mimbench leaderboard` prints:
+mean ± sd over seeds, the pooled Wilson interval, Δ vs MAE with McNemar's test, the mCA comparison under a protocol with
+corruptions, every code digest and commit of the records — headed by the protocol's description and n, and by how many
+entries of the scale's plan have current records, so a partial leaderboard says that it is partial. A protocol whose
+records cannot be tabulated (all of them stale, say) gets the reason instead of a table.
 `--check` exits 1 when README.md is not up to date with the records (nothing is written).
 """
 import argparse, sys
@@ -19,8 +21,8 @@ START, END = '<!-- leaderboard:start -->', '<!-- leaderboard:end -->'
 
 def section(results, scale:str='small') -> str:
     "The markdown between the markers: coverage of the plan, then one table per protocol with records."
-    from mimbench.results import PROTOCOLS, load_records, leaderboard_text, plan_jobs, run_leaderboard
-    from mimbench.corruptions import mca_table
+    from mimbench.results import PROTOCOLS, load_records
+    from mimbench.leaderboard import leaderboard_text, plan_jobs, run_leaderboard
     records = load_records(results)
     if not records:
         return (f"_No leaderboard records are committed yet: `mimbench leaderboard --run --scale {scale}` makes them "
@@ -35,11 +37,22 @@ def section(results, scale:str='small') -> str:
     for name in sorted({r.protocol['name'] for r in records}):
         p = PROTOCOLS[name]
         n = sorted({r.n for r in records if r.protocol['name'] == name})
-        lines += [f"*{p.description}* n = {', '.join(map(str, n))} test images per seed.", '',
-                  leaderboard_text(results, name), '']
-        mca = mca_table([r for r in records if r.protocol['name'] == name and not r.is_stale()])
-        if mca: lines += [mca]
+        try: table = leaderboard_text(results, name)
+        except ValueError as e: table = untabulated(results, name, str(e))
+        lines += [f"*{p.description}* n = {', '.join(map(str, n))} test images per seed.", '', table, '']
     return '\n'.join(lines)
+
+
+def untabulated(results, name:str, reason:str) -> str:
+    "A protocol with no table (every record stale, say): the reason, then its stale records alone, labelled, if they agree."
+    from mimbench.results import PROTOCOLS, load_records
+    from mimbench.leaderboard import leaderboard_text
+    try: table = leaderboard_text(results, name, include_stale=True)      # refuses records of several code versions
+    except ValueError: return f"**{name}**: {reason}"
+    earlier = {r.protocol['hash'] for r in load_records(results, name)} != {PROTOCOLS[name].settings_hash()}
+    return (f"**{name}**: {reason}\n\nUntil they are re-evaluated, the stale records alone, for reference: made by earlier "
+            f"code{' under earlier settings of this protocol' if earlier else ''}, they are not comparable with "
+            f"current records.\n\n{table}")
 
 
 def main(argv=None):
