@@ -2,11 +2,11 @@
 
     python tools/readme_leaderboard.py [--results results] [--readme README.md] [--scale small] [--check]
 
-One table per protocol, each made by `mimbench.leaderboard.leaderboard_text` — the table `mimbench leaderboard` prints:
+One table per protocol, each the table `mimbench leaderboard` prints (`mimbench.leaderboard.leaderboard_or_stale`):
 mean ± sd over seeds, the pooled Wilson interval, Δ vs MAE with McNemar's test, the mCA comparison under a protocol with
 corruptions, every code digest and commit of the records — headed by the protocol's description and n, and by how many
 entries of the scale's plan have current records, so a partial leaderboard says that it is partial. A protocol whose
-records cannot be tabulated (all of them stale, say) gets the reason instead of a table.
+records are all stale gets the reason, then those records alone under a note saying they are stale.
 `--check` exits 1 when README.md is not up to date with the records (nothing is written).
 """
 import argparse, sys
@@ -22,7 +22,7 @@ START, END = '<!-- leaderboard:start -->', '<!-- leaderboard:end -->'
 def section(results, scale:str='small') -> str:
     "The markdown between the markers: coverage of the plan, then one table per protocol with records."
     from mimbench.results import PROTOCOLS, load_records
-    from mimbench.leaderboard import leaderboard_text, plan_jobs, run_leaderboard
+    from mimbench.leaderboard import leaderboard_or_stale, plan_jobs, run_leaderboard
     records = load_records(results)
     if not records:
         return (f"_No leaderboard records are committed yet: `mimbench leaderboard --run --scale {scale}` makes them "
@@ -37,22 +37,10 @@ def section(results, scale:str='small') -> str:
     for name in sorted({r.protocol['name'] for r in records}):
         p = PROTOCOLS[name]
         n = sorted({r.n for r in records if r.protocol['name'] == name})
-        try: table = leaderboard_text(results, name)
-        except ValueError as e: table = untabulated(results, name, str(e))
+        lb, note = leaderboard_or_stale(load_records(results, name))   # all stale: shown alone, labelled
+        table = '\n\n'.join(t for t in (note, lb and lb.to_markdown()) if t)
         lines += [f"*{p.description}* n = {', '.join(map(str, n))} test images per seed.", '', table, '']
     return '\n'.join(lines)
-
-
-def untabulated(results, name:str, reason:str) -> str:
-    "A protocol with no table (every record stale, say): the reason, then its stale records alone, labelled, if they agree."
-    from mimbench.results import PROTOCOLS, load_records
-    from mimbench.leaderboard import leaderboard_text
-    try: table = leaderboard_text(results, name, include_stale=True)      # refuses records of several code versions
-    except ValueError: return f"**{name}**: {reason}"
-    earlier = {r.protocol['hash'] for r in load_records(results, name)} != {PROTOCOLS[name].settings_hash()}
-    return (f"**{name}**: {reason}\n\nUntil they are re-evaluated, the stale records alone, for reference: made by earlier "
-            f"code{' under earlier settings of this protocol' if earlier else ''}, they are not comparable with "
-            f"current records.\n\n{table}")
 
 
 def main(argv=None):
