@@ -1075,16 +1075,21 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
 
 # %% ../nbs/18_reproduce.ipynb #47907ca7
 def committed_report(paper:str, results='results', scale:str='small', dataset:str|None=None, methods=None) -> str:
-    "The report of `paper`'s current records at `scale` under `results` (`methods`: only these arms), or how to make them."
+    """The report of `paper`'s current records at `scale` under `results` (`methods`: only these arms), or how to make them.
+    With no current record but stale ones (all made by one earlier code version), those alone, under a note saying so."""
     r = resolve_scale(paper, scale, dataset)
     folder = results_folder(results, paper, scale, r.data['dataset'])
-    records = [x for x in load_records(folder) if not x.is_stale() and (methods is None or x.method in methods)] if folder.exists() else []
-    if not records:
-        shown = results_folder(Path(results).name, paper, scale, r.data['dataset'])
-        return (f"No current {scale}-scale records of {paper} in `{shown}` yet. "
-                f"Make them (CPU, resumable) with `mimbench reproduce {paper} --scale {scale}`.")
+    found = [x for x in load_records(folder) if methods is None or x.method in methods] if folder.exists() else []
+    records, stale = [x for x in found if not x.is_stale()], [x for x in found if x.is_stale()]
     shape = (r.data['channels'], r.data['img_size'], r.data['img_size'])
-    return report_markdown(paper, records, comparison_rows(paper, records, shape), r)
+    if records: return report_markdown(paper, records, comparison_rows(paper, records, shape), r)
+    shown = results_folder(Path(results).name, paper, scale, r.data['dataset'])
+    how = f"Make them (CPU, resumable) with `mimbench reproduce {paper} --scale {scale}`."
+    digests = {x.provenance.get('code_digest') for x in stale}
+    if len(digests) != 1: return f"No current {scale}-scale records of {paper} in `{shown}` yet. {how}"
+    return (f"**No current {scale}-scale records of {paper}**: the {len(stale)} in `{shown}` are stale, made by code "
+            f"{digests.pop()} and not by the installed mimbench. {how} Until then, those records alone, for reference; "
+            f"they are not comparable with current records.\n\n" + report_markdown(paper, stale, comparison_rows(paper, stale, shape), r))
 
 # %% ../nbs/18_reproduce.ipynb #724705a7
 def plan_summary(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None) -> str:
