@@ -28,6 +28,7 @@ class Leaderboard:
     stale: list = field(default_factory=list)    # keys of records left out because their code is not the current code
     provenance: dict = field(default_factory=dict)  # {'code_digest': [...], 'commit': {commit: dirty}, 'device': [...]}
     mca: str = ''                                # the mCA comparison (markdown, `corruptions.mca_table`); '' without corruptions
+    shows_stale: bool = False                    # the rows are stale records, shown alone on request (include_stale)
 
     def _cell(self, c, pct=True):
         if c is None: return '–'
@@ -47,7 +48,8 @@ class Leaderboard:
 
     def to_markdown(self) -> str:
         t = self.table()
-        lines = [f"**{self.protocol}** — mean ± sd over seeds [95 % Wilson interval of the pooled flags]; Δ: McNemar exact test "
+        lines = [f"**{self.protocol}**{' (stale records, made by other code than the installed mimbench)' if self.shows_stale else ''}"
+                 f" — mean ± sd over seeds [95 % Wilson interval of the pooled flags]; Δ: McNemar exact test "
                  f"on seed-matched per-sample flags", '', '| ' + ' | '.join(t[0]) + ' |', '|' + '---|' * len(t[0])]
         lines += ['| ' + ' | '.join(r) + ' |' for r in t[1:]]
         if self.mca: lines += ['', self.mca.rstrip('\n')]
@@ -144,7 +146,7 @@ def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False)
     return Leaderboard(protocol=current[0].protocol['name'], metrics=metrics, rows=rows, baseline=baseline if base else None,
                        stale=[r.key for r in stale] if not include_stale else [],
                        provenance={'code_digest': distinct('code_digest'), 'commit': commits, 'device': distinct('device')},
-                       mca=mca_table(current, baseline))
+                       mca=mca_table(current, baseline), shows_stale=include_stale and any(r.is_stale() for r in current))
 
 # %% ../nbs/17b_leaderboard.ipynb #fcb8711f
 def leaderboard_text(root='results', protocol:str|None=None, fmt:str='md', baseline:str='mae', include_stale:bool=False) -> str:
