@@ -29,11 +29,9 @@ step on the adversarial side and steps back, so the iterate changes and nothing 
 
 How much lead is left: `forward_floor` times the same model work (each stage's images through the model at its mean
 batch, an input-gradient backward where autograd was on) with no attack code around it. Every run prints it, and
-`--floor-from bench/results/attacks-cpu.json --aa-model CKPT` prints it for a saved run. Against the run above the
-floor measured 732–806 s in two tries on a loaded machine: ours takes 1.11–1.23× the floor, torchattacks 1.17–1.33×. A
-1.2× lead would need ours within 0–9 % of the bare model work, which a loop with projections and best-iterate
-bookkeeping does not reach: APGD-CE-100 alone is 7 % over a bare forward/backward loop. So only fewer forwards than the
-algorithm prescribes would give a 1.2× lead.
+`--floor-from bench/results/attacks-cpu.json --aa-model CKPT` prints it for a saved run, with each library's time over
+the floor and `theirs / floor`, the largest lead any implementation of the same forwards could reach on that run.
+Measure it on an idle machine: the floor is timed separately from the attacks, so load shifts it.
 """
 import argparse, contextlib, json, time
 from pathlib import Path

@@ -146,7 +146,7 @@ def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False)
     return Leaderboard(protocol=current[0].protocol['name'], metrics=metrics, rows=rows, baseline=baseline if base else None,
                        stale=[r.key for r in stale] if not include_stale else [],
                        provenance={'code_digest': distinct('code_digest'), 'commit': commits, 'device': distinct('device')},
-                       mca=mca_table(current, baseline), shows_stale=include_stale and any(r.is_stale() for r in current))
+                       mca=mca_table(current, baseline), shows_stale=include_stale and bool(stale))
 
 # %% ../nbs/17b_leaderboard.ipynb #fcb8711f
 def leaderboard_text(root='results', protocol:str|None=None, fmt:str='md', baseline:str='mae', include_stale:bool=False) -> str:
