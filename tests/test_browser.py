@@ -2,7 +2,7 @@
 Runs a small widgets notebook, moves the De³ σ slider and checks that the pictures changed; screenshots go to
 test-output/browser/ (or $MIMBENCH_TEST_OUTPUT/browser). `tests/browser_deps.sh` installs Chromium and Playwright;
 where they are missing the test is skipped with the reason."""
-import json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 
@@ -11,7 +11,7 @@ CHROMIUM = os.environ.get('MIMBENCH_CHROMIUM') or shutil.which('chromium') or '/
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync']
 OUT = Path(os.environ.get('MIMBENCH_TEST_OUTPUT', ROOT / 'test-output')) / 'browser'
-KERNEL_TIMEOUT_MS = 600_000     # the first cell trains the demo models when their cache is cold (~1 min on one core)
+KERNEL_TIMEOUT_S = 600     # the first cell trains the demo models when their cache is cold (~1 min on one core)
 
 CELLS = [
     "import warnings; warnings.simplefilter('ignore')\n"
@@ -70,24 +70,87 @@ def lab(tmp_path_factory):
                 with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2): break
             except OSError: time.sleep(0.5)
         else: pytest.fail(f"JupyterLab did not answer on {url}:\n{(d / 'lab.log').read_text()[-3000:]}")
-        yield url, token
+        yield url, token, d / 'lab.log'
     finally:
         proc.terminate()
         try: proc.wait(20)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
         log.close()
 
+# Run every cell only once the kernel is connected and idle: run-all on a notebook whose kernel has not attached yet
+# opens JupyterLab's "Select Kernel" dialog and runs nothing (a slow kernel start on a busy CI machine did that).
 RUN_ALL = """async () => {
   const app = window.jupyterapp;
   const nb = app.shell.currentWidget;
   await nb.context.ready; await nb.sessionContext.ready;
+  const t0 = Date.now();
+  for (;;) {
+    const k = nb.sessionContext.session && nb.sessionContext.session.kernel;
+    if (k && k.connectionStatus === 'connected' && k.status === 'idle') break;
+    if (Date.now() - t0 > 240000) throw new Error('kernel not connected and idle after 240 s: ' + (k ? k.connectionStatus + '/' + k.status : 'no kernel'));
+    await new Promise(r => setTimeout(r, 250));
+  }
   await app.commands.execute('notebook:run-all-cells');
   return nb.sessionContext.session.kernel.name;
 }"""
 
+# What the notebook is doing: kernel status, a modal dialog if one is open, and each cell's execution count and outputs.
+STATE = """() => {
+  const nb = window.jupyterapp.shell.currentWidget;
+  const k = nb.sessionContext.session && nb.sessionContext.session.kernel;
+  const dialog = document.querySelector('.jp-Dialog');
+  const cells = [], m = nb.content.model;
+  for (let i = 0; i < m.cells.length; i++) {
+    const c = m.cells.get(i), outputs = [];
+    for (let j = 0; j < c.outputs.length; j++) outputs.push(c.outputs.get(j).toJSON());
+    cells.push({count: c.executionCount, outputs: outputs});
+  }
+  return {kernel: k ? k.connectionStatus + '/' + k.status : 'no kernel', dialog: dialog ? dialog.innerText : null, cells: cells};
+}"""
+
+def _diagnosis(state, log):
+    "A failure message that says what the notebook was doing: kernel, dialog, each cell's outputs, the server log's tail."
+    lines = [f"kernel: {state['kernel']}"] + ([f"dialog open: {state['dialog']!r}"] if state['dialog'] else [])
+    for i, c in enumerate(state['cells']):
+        lines.append(f"cell {i} (execution count {c['count']}):")
+        for o in c['outputs']:
+            if o.get('output_type') == 'error': lines.append(f"  error {o.get('ename')}: {o.get('evalue')}\n" + re.sub(r'\x1b\[[0-9;]*m', '', '\n'.join(o.get('traceback', [])))[-3000:])
+            else: lines.append(f"  {o.get('output_type')}: {str(o.get('text') or o.get('data', ''))[:300]}")
+    return '\n'.join(lines + ['lab.log (tail):', log.read_text()[-3000:]])
+
+def _broken(state):
+    "Why waiting longer cannot help: a cell raised, a modal dialog blocks the notebook, or the kernel died; else None."
+    if any(o.get('output_type') == 'error' for c in state['cells'] for o in c['outputs']): return 'a cell raised'
+    if state['dialog']: return 'a dialog blocks the notebook'
+    if state['kernel'].endswith('/dead'): return 'the kernel died'
+    return None
+
+def _wait_for(page, condition, timeout_s, log, what):
+    "Poll `condition` (JS) until true; fail at once, with a diagnosis, when the notebook is broken, or after `timeout_s`."
+    end = time.monotonic() + timeout_s
+    while not page.evaluate(condition):
+        state = page.evaluate(STATE)
+        why = _broken(state) or (f"no {what} after {timeout_s:.0f} s" if time.monotonic() > end else None)
+        if why:
+            page.screenshot(path=str(OUT / 'lab-failure.png'), full_page=True)
+            pytest.fail(f"{why} (waiting for {what}; screenshot in {OUT / 'lab-failure.png'})\n{_diagnosis(state, log)}")
+        time.sleep(1)
+
+def test_broken_notebook_is_diagnosed():
+    "The waiting loop's stop rule: a raised cell, an open dialog or a dead kernel stop it; a busy kernel does not."
+    busy = {'kernel': 'connected/busy', 'dialog': None, 'cells': [{'count': 1, 'outputs': [{'output_type': 'stream', 'text': 'training'}]}]}
+    assert _broken(busy) is None
+    assert _broken({**busy, 'kernel': 'connected/dead'}) == 'the kernel died'
+    assert _broken({**busy, 'dialog': 'Select Kernel'}) == 'a dialog blocks the notebook'
+    err = {**busy, 'cells': [{'count': 1, 'outputs': [{'output_type': 'error', 'ename': 'ImportError', 'evalue': 'no widgets', 'traceback': ['tb']}]}]}
+    assert _broken(err) == 'a cell raised'
+    log = OUT / 'fake-lab.log'; OUT.mkdir(parents=True, exist_ok=True); log.write_text('server said hello')
+    msg = _diagnosis(err, log)
+    assert 'ImportError: no widgets' in msg and 'server said hello' in msg
+
 def test_de3_sigma_slider_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
-    url, token = lab
+    url, token, log = lab
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -101,8 +164,8 @@ def test_de3_sigma_slider_in_jupyterlab(lab):
             # all three explorers rendered with pictures
             for cls, img in [('de3explorer', 'mimbench-denoised'), ('reconstructionexplorer', None), ('attackexplorer', None)]:
                 sel = f".mimbench-{cls} img" + (f".{img}" if img else '')
-                page.wait_for_function(f"() => {{ const i = document.querySelector('{sel}'); return i && i.src && i.naturalWidth > 0; }}",
-                                       timeout=KERNEL_TIMEOUT_MS)
+                _wait_for(page, f"() => {{ const i = document.querySelector('{sel}'); return !!(i && i.src && i.naturalWidth > 0); }}",
+                          KERNEL_TIMEOUT_S, log, f"picture in the {cls}")
             de3 = page.locator('.mimbench-de3explorer')
             den, sweep = page.locator('img.mimbench-denoised'), page.locator('img.mimbench-sweep')
             page.wait_for_function("() => { const i = document.querySelector('img.mimbench-sweep'); return i && i.naturalWidth > 0; }")
