@@ -82,6 +82,17 @@ def timeit(f, reps:int=1, dev='cpu', warmup:int=1):
     return (clock() - t) / reps
 
 
+def model_pass(model, x, grad:bool):
+    """A callable doing one pass of `model` over the batch `x`: a no-grad forward, or (`grad`) a forward and the
+    input-gradient backward an attack step needs. The unit of model work that the floors and budgets are priced in."""
+    def forward():
+        with torch.no_grad(): model(x)
+    def forward_backward():
+        xa = x.clone().requires_grad_(True)
+        torch.autograd.grad(model(xa).float().logsumexp(1).sum(), xa)
+    return forward_backward if grad else forward
+
+
 def row(what:str, peer:str, ours:float, theirs:float|None, unit:str, ratio:float|None=None, target:str='', ok=None, note:str=''):
     "One comparison. `ratio` > 1 means ours is better (faster) unless the note says otherwise."
     return {'what': what, 'peer': peer, 'ours': ours, 'theirs': theirs, 'unit': unit, 'ratio': ratio, 'target': target,

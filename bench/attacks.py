@@ -39,7 +39,7 @@ import torch
 import torchattacks
 from mimbench.models import create_vit
 from mimbench.attacks import pgd, apgd_ce, autoattack, predict, ATTACKS
-from _common import (cpu_time, device_name, load_average, peer_version, row, sync, timeit, write_results)
+from _common import (cpu_time, device_name, load_average, model_pass, peer_version, row, sync, timeit, write_results)
 
 
 @contextlib.contextmanager
@@ -149,13 +149,7 @@ def forward_floor(model, by_stage:dict, shape, dev='cpu', min_seconds:float=2.) 
     costs = {}
     def per_image(b, grad):
         if (b, grad) not in costs:
-            x = torch.rand(b, *shape, device=dev)
-            def fwd():
-                with torch.no_grad(): model(x)
-            def fwd_bwd():
-                xa = x.clone().requires_grad_(True)
-                torch.autograd.grad(model(xa).float().logsumexp(1).sum(), xa)
-            f = fwd_bwd if grad else fwd
+            f = model_pass(model, torch.rand(b, *shape, device=dev), grad)
             reps = max(3, int(min_seconds / timeit(f, 1, dev)))       # long enough for the clock's resolution
             costs[b, grad] = timeit(f, reps, dev, warmup=0) / b
         return costs[b, grad]

@@ -15,6 +15,7 @@ run is in its `metrics.jsonl` and a record's `seconds`.
 import argparse, json, time
 from pathlib import Path
 import torch
+from _common import model_pass
 
 HERE = Path(__file__).parent
 
@@ -38,11 +39,7 @@ def step_seconds(cfg, x, y, reps:int) -> float:
 def forward_seconds(model, x, reps:int) -> tuple:
     "(no-grad forward, forward + input-gradient backward) seconds per image."
     model.eval()
-    def plain():
-        with torch.no_grad(): model(x)
-    def grad():
-        xg = x.clone().requires_grad_(True); model(xg).sum().backward()
-    return median_seconds(plain, reps) / len(x), median_seconds(grad, reps) / len(x)
+    return tuple(median_seconds(model_pass(model, x, grad), reps) / len(x) for grad in (False, True))
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])

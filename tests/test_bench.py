@@ -83,8 +83,9 @@ def test_readme_speed_table_is_up_to_date():
     assert speed_table.main(['--check']) == 0, "run `python bench/speed_table.py` after saving bench results"
 
 
-def test_budget_estimates_every_stage_and_autoattack(capsys):
+def test_budget_estimates_every_stage_and_autoattack(capsys, monkeypatch):
     "bench/budget.py measures a step of each stage kind at a scale and prices AutoAttack from the committed profile."
+    monkeypatch.syspath_prepend(str(ROOT / 'bench'))       # bench/budget.py imports its sibling _common
     budget = _load('budget')
     budget.main(['--scale', 'micro', '--threads', '1', '--reps', '1', '--n', '16'])
     out = capsys.readouterr().out
