@@ -14,8 +14,8 @@ from .results import (PROTOCOLS, Protocol, describe_run, evaluate_protocol, load
 from .corruptions import mca_table
 
 # %% auto #0
-__all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'leaderboard_or_stale', 'Scale', 'Method',
-           'Job', 'plan_jobs', 'scaled_protocol', 'run_leaderboard', 'cli_leaderboard']
+__all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
+           'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'run_leaderboard', 'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -169,13 +169,19 @@ def leaderboard_text(root='results', protocol:str|None=None, fmt:str='md', basel
     return '\n\n'.join(out)
 
 # %% ../nbs/17b_leaderboard.ipynb #7ab497ab
+def stale_code_version(records:list) -> str|None:
+    "The code digest that made every one of `records` when all are stale and one code version made them; else None."
+    digests = {r.provenance.get('code_digest') for r in records}
+    return digests.pop() if len(digests) == 1 and all(r.is_stale() for r in records) else None
+
+# %% ../nbs/17b_leaderboard.ipynb #95511ac7
 def leaderboard_or_stale(records:list, baseline:str='mae') -> tuple:
     """`(table, note)` for one protocol's `records`: the current records' table and no note; if none is current, the stale
     records alone (when one code version made them all) and a note saying so; else `(None, the reason)`."""
     try: return leaderboard(records, baseline), ''
     except ValueError as e: reason = str(e)
     name = records[0].protocol['name'] if records else '?'
-    if not records or any(not r.is_stale() for r in records): return None, f"**{name}**: {reason}"
+    if stale_code_version(records) is None: return None, f"**{name}**: {reason}"
     try: lb = leaderboard(records, baseline, include_stale=True)
     except ValueError: return None, f"**{name}**: {reason}"
     earlier = name not in PROTOCOLS or {r.protocol['hash'] for r in records} != {PROTOCOLS[name].settings_hash()}

@@ -12,7 +12,7 @@ import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
-from .leaderboard import SCALES
+from .leaderboard import SCALES, stale_code_version
 from .attacks import ATTACKS
 from torch import nn
 
@@ -1085,10 +1085,10 @@ def committed_report(paper:str, results='results', scale:str='small', dataset:st
     if records: return report_markdown(paper, records, comparison_rows(paper, records, shape), r)
     shown = results_folder(Path(results).name, paper, scale, r.data['dataset'])
     how = f"Make them (CPU, resumable) with `mimbench reproduce {paper} --scale {scale}`."
-    digests = {x.provenance.get('code_digest') for x in stale}
-    if len(digests) != 1: return f"No current {scale}-scale records of {paper} in `{shown}` yet. {how}"
+    digest = stale_code_version(stale)
+    if digest is None: return f"No current {scale}-scale records of {paper} in `{shown}` yet. {how}"
     return (f"**No current {scale}-scale records of {paper}**: the {len(stale)} in `{shown}` are stale, made by code "
-            f"{digests.pop()} and not by the installed mimbench. {how} Until then, those records alone, for reference; "
+            f"{digest} and not by the installed mimbench. {how} Until then, those records alone, for reference; "
             f"they are not comparable with current records.\n\n" + report_markdown(paper, stale, comparison_rows(paper, stale, shape), r))
 
 # %% ../nbs/18_reproduce.ipynb #724705a7
