@@ -4,8 +4,10 @@
 
 # %% ../nbs/17b_leaderboard.ipynb #a13f768d
 from __future__ import annotations
-import time
-from dataclasses import dataclass, field, replace
+import json, time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse, store_true
 from .core import Registry
@@ -15,7 +17,8 @@ from .corruptions import mca_table
 
 # %% auto #0
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
-           'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'run_leaderboard', 'cli_leaderboard']
+           'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
+           'TimeLeft', 'run_leaderboard', 'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -295,6 +298,56 @@ def scaled_protocol(name:str, scale:Scale) -> Protocol:
     return PROTOCOLS[name] if scale.n is None else replace(PROTOCOLS[name], n=scale.n)
 
 # %% ../nbs/17b_leaderboard.ipynb #b604ecc2
+def stage_kind(cfg) -> str:
+    "The timing kind of a training run (a TrainConfig or its config.json): stage, recipe, model and epochs."
+    c = cfg if isinstance(cfg, dict) else asdict(cfg)
+    return (f"{c['task']} {c['recipe']} {c['preset']}/{c['patch_size']} {c['epochs']} ep"
+            + (f" on {c['n_train']}" if c.get('n_train') else ''))
+
+def evaluation_kind(protocol:str, n:int) -> str: return f"evaluate {protocol} n={n}"
+
+def earlier_timings(out, records=()) -> dict:
+    """Seconds of work already done, by kind: each finished training run under `out` (its `result.json`), and each
+    evaluation behind `records` (the records of one evaluation — one seed, run and protocol — summed)."""
+    t = {}
+    for f in sorted(Path(out).glob('*/result.json')) if out and Path(out).exists() else []:
+        try: cfg, res = json.loads((f.parent / 'config.json').read_text()), json.loads(f.read_text())
+        except (OSError, ValueError): continue
+        if res.get('time_s'): t.setdefault(stage_kind(cfg), []).append(float(res['time_s']))
+    evals = {}
+    for r in records:
+        runs = tuple(x.get('config_hash') for x in r.evaluated.get('runs', []))
+        k = (evaluation_kind(r.protocol['name'], r.n), r.protocol['hash'], r.seed, runs)
+        evals[k] = evals.get(k, 0.) + sum(r.seconds.values())
+    for (kind, *_), sec in evals.items():
+        if sec: t.setdefault(kind, []).append(sec)
+    return t
+
+class TimeLeft:
+    "How many stages of each kind are left, and their time: this sitting's mean time of a kind, else the earlier times'."
+    def __init__(self, left:dict, earlier:dict|None=None):
+        self.left, self.earlier, self.now = {k: n for k, n in left.items() if n}, earlier or {}, {}
+    def done(self, kind:str, seconds:float):
+        "Count one stage of `kind` done in `seconds`."
+        self.now.setdefault(kind, []).append(seconds)
+        if kind in self.left: self.left[kind] = max(0, self.left[kind] - 1)
+    def seconds(self) -> tuple:
+        "(seconds of the kinds with a time, the kinds without one)."
+        known, unknown = 0., []
+        for k, n in self.left.items():
+            ts = self.now.get(k) or self.earlier.get(k)
+            if not n: continue
+            if ts: known += n * float(np.mean(ts))
+            else: unknown.append(f"{n} × {k}")
+        return known, unknown
+    def __str__(self):
+        known, unknown = self.seconds()
+        if not known and not unknown: return 'nothing left'
+        if not known: return f"time left: unknown, nothing timed yet of {', '.join(unknown)}"
+        when = f"{known / 60:.0f} min" if known < 5400 else f"{known / 3600:.1f} h"
+        return f"time left ≈ {when}" + (f" + not yet timed: {', '.join(unknown)}" if unknown else '')
+
+# %% ../nbs/17b_leaderboard.ipynb #df6ab86a
 def _existing(records, job:Job, scale:Scale, run_hash:str):
     "The current record of `job`, if one exists."
     label_prefix, phash = job.label, scaled_protocol(job.protocol, scale).settings_hash()
@@ -329,28 +382,28 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
     records = load_records(root)
     todo = [j for j in jobs if _existing(records, j, scale, run_hash(j.finetune)) is None]
     log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
+    pending = {str(run_dir(c)): stage_kind(c) for j in todo for c in (j.pretrain, j.finetune)
+               if c is not None and not (run_dir(c) / 'result.json').exists()}
+    evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n) for j in todo]
+    eta = TimeLeft(Counter(pending.values()) + Counter(evaluations), earlier_timings(out, records))
     if dry_run:
         for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")
+        if todo: log(f"{len(pending)} runs to train, {len(todo)} evaluations: {eta}")
         return {'todo': len(todo), 'done': 0, 'seconds': {}}
     seconds, t_start, done = {'pretrain': [], 'finetune': [], 'evaluate': []}, time.time(), 0
-    def eta(i):
-        per = {k: (np.mean(v) if v else None) for k, v in seconds.items()}
-        if any(v is None for v in per.values()): return 'time left: unknown until one job of each stage has run'
-        left = sum(per.values()) * (len(todo) - i)
-        return f"time left ≈ {left / 3600:.1f} h (pretraining is shared between jobs, so this is an upper bound)"
     for i, j in enumerate(todo):
         if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
             log(f"stopping after {done} jobs: --max-minutes {max_minutes:g} reached; run the same command again to go on"); break
-        log(f"[{i + 1}/{len(todo)}] {j.protocol} · {j.label} · seed {j.seed} — {eta(i)}")
+        log(f"[{i + 1}/{len(todo)}] {j.protocol} · {j.label} · seed {j.seed} — {eta}")
         for stage, cfg in (('pretrain', j.pretrain), ('finetune', j.finetune)):
             if cfg is None: continue
             t0 = time.time(); cached = (run_dir(cfg) / 'result.json').exists()
             train(cfg)
-            if not cached: seconds[stage].append(time.time() - t0)
+            if not cached: seconds[stage].append(time.time() - t0); eta.done(stage_kind(cfg), seconds[stage][-1])
         t0 = time.time()
         for rec in _evaluate_job(j, scale, root, data_root, progress):
             log(f"    record {rec.key}: " + ', '.join(f"{k} {100 * v:.1f}%" for k, v in rec.metrics.items()))
-        seconds['evaluate'].append(time.time() - t0); done += 1
+        seconds['evaluate'].append(time.time() - t0); eta.done(evaluations[i], seconds['evaluate'][-1]); done += 1
     return {'todo': len(todo), 'done': done, 'seconds': {k: [round(s, 1) for s in v] for k, v in seconds.items()},
             'wall': round(time.time() - t_start, 1)}
 

@@ -5,6 +5,7 @@
 # %% ../nbs/18_reproduce.ipynb #aef4ce88
 from __future__ import annotations
 import math, time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
-from .leaderboard import SCALES, stale_code_version
+from .leaderboard import SCALES, TimeLeft, earlier_timings, evaluation_kind, stage_kind, stale_code_version
 from .attacks import ATTACKS
 from torch import nn
 
@@ -993,12 +994,6 @@ class Reproduction:
     def _repr_markdown_(self): return self.report.read_text()
 
 # %% ../nbs/18_reproduce.ipynb #e0db1e85
-def _eta(seconds:dict, left:dict) -> str:
-    "Time left from the mean time of each stage so far and the number of each stage left."
-    known = sum(n * float(np.mean(seconds[k])) for k, n in left.items() if n and seconds.get(k))
-    unknown = [k for k, n in left.items() if n and not seconds.get(k)]
-    return f"time left ≈ {known / 60:.1f} min" + (f" + not yet timed: {', '.join(unknown)}" if unknown else '')
-
 def current_records(folder, protocols:dict) -> dict:
     "(evaluation, arm, seed, run dir) → the records under `folder` whose protocol settings and code are still current."
     found = {}
@@ -1038,30 +1033,32 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in jobs]
     done = lambda j: all((run_dir(c) / 'result.json').exists() for c in (j.planned.pretrain, j.planned.finetune) if c is not None)
     todo = [(j, evs) for j, evs in todo if evs or not done(j)]       # an arm that is only a tool of another: trained only
-    pending = lambda stage: {str(run_dir(c)) for j, _ in todo for c in [getattr(j.planned, stage)]
+    pending = lambda stage: {str(run_dir(c)): stage_kind(c) for j, _ in todo for c in [getattr(j.planned, stage)]
                              if c is not None and not (run_dir(c) / 'result.json').exists()}
-    left = {'pretrain': len(pending('pretrain')), 'finetune': len(pending('finetune')),
-            **{f"evaluate {e.name}": sum(e in evs for _, evs in todo) for e in g.evaluations}}
+    to_train = {stage: pending(stage) for stage in ('pretrain', 'finetune')}
+    ev_kind = {name: evaluation_kind(p.name, p.n) for name, p in protocols.items()}
+    eta = TimeLeft(Counter(k for runs in to_train.values() for k in runs.values()) + Counter(ev_kind[e.name] for _, evs in todo for e in evs),
+                   earlier_timings(out, load_records(folder)))
     log(f"{paper} @ {scale}: {len(jobs)} arm×seed jobs, {len(todo)} with evaluations to run; "
-        f"{left['pretrain']} pretraining and {left['finetune']} fine-tuning runs to train; records in {folder}")
+        f"{len(to_train['pretrain'])} pretraining and {len(to_train['finetune'])} fine-tuning runs to train; records in {folder}")
     seconds, trained, made, complete = {}, [], [], True
     over = lambda: max_minutes is not None and time.time() - t_start > 60 * max_minutes
     for i, (job, evs) in enumerate(todo):
         for stage, cfg in (('pretrain', job.planned.pretrain), ('finetune', job.planned.finetune)):
             if cfg is None or (run_dir(cfg) / 'result.json').exists(): continue
             if over(): complete = False; break
-            log(f"[{i + 1}/{len(todo)}] {stage} {job.arm.name} seed {job.seed} — {_eta(seconds, left)}")
+            log(f"[{i + 1}/{len(todo)}] {stage} {job.arm.name} seed {job.seed} — {eta}")
             t0 = time.time(); train(replace(cfg, progress=progress)); trained.append(str(run_dir(cfg)))
-            seconds.setdefault(stage, []).append(time.time() - t0); left[stage] -= 1
+            seconds.setdefault(stage, []).append(time.time() - t0); eta.done(stage_kind(cfg), seconds[stage][-1])
         if not complete: break
         model, evaluated = arm_model(job) if evs else (None, None)
         for ev in evs:
             if over(): complete = False; break
-            log(f"[{i + 1}/{len(todo)}] evaluate {ev.name} · {job.arm.name} seed {job.seed} — {_eta(seconds, left)}")
+            log(f"[{i + 1}/{len(todo)}] evaluate {ev.name} · {job.arm.name} seed {job.seed} — {eta}")
             t0 = time.time()
             for rec in EVALUATORS[ev.what](job, model, evaluated, protocols[ev.name], folder, progress):
                 found.setdefault((ev.name, rec.method, rec.seed, job.target(ev)), []).append(rec); made.append(rec.key)
-            seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); left[f"evaluate {ev.name}"] -= 1
+            seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(ev_kind[ev.name], seconds[f"evaluate {ev.name}"][-1])
         if not complete: break
     if not complete: log(f"stopped: --max-minutes {max_minutes:g} reached; the same command goes on from here")
     keep = {(e.name, j.arm.name, j.seed, j.target(e)) for j in jobs for e in j.evaluations}
