@@ -262,10 +262,13 @@ class Job:
     def label(self) -> str: return self.method.name if self.sigma is None else f"{self.method.name} σ={self.sigma:g}"
 
 # %% ../nbs/17b_leaderboard.ipynb #51339336
-def plan_jobs(scale='small', protocols=None, methods=None, out='runs', data_root=None) -> list:
-    "The jobs that make the leaderboard at `scale` (optionally only some protocols/methods), with their run configs."
+def plan_jobs(scale='small', protocols=None, methods=None, out='runs', data_root=None, seeds=None) -> list:
+    "The jobs that make the leaderboard at `scale` (optionally only some protocols, methods or seeds), with their run configs."
     from mimbench.train import TrainConfig, run_dir
     scale = SCALES[scale] if isinstance(scale, str) else scale
+    bad = [x for x in seeds or [] if not (isinstance(x, int) and 0 <= x < scale.seeds)]
+    if bad: raise ValueError(f"Seed(s) {', '.join(map(str, bad))} are not in the {scale.name} plan: it has seeds 0–{scale.seeds - 1} "
+                             f"for the baseline, the control and the headline methods, and seed 0 for the others.")
     protocols = [PROTOCOLS[p].name for p in (protocols or ['clean-ft', 'adv-ft', 'randomized'])]
     known = {m.name for m in METHODS}
     for m in methods or []:
@@ -276,6 +279,7 @@ def plan_jobs(scale='small', protocols=None, methods=None, out='runs', data_root
         for m in METHODS:
             if prot not in m.protocols or (methods and m.name not in methods): continue
             for seed in range(scale.seeds if m.headline else 1):
+                if seeds is not None and seed not in seeds: continue
                 common = dict(**scale.data, **scale.model, data_root=data_root, seed=seed, out=out, progress=False)
                 pre = None if m.pretext is None else TrainConfig(task='pretrain', recipe=m.pretext, recipe_args=dict(m.args),
                                                                   **scale.pretrain, **common)
@@ -374,11 +378,11 @@ def _evaluate_job(job:Job, scale:Scale, root, data_root, progress):
                              dataset=job.finetune.dataset, data_root=data_root, progress=progress)
 
 def run_leaderboard(scale='small', protocols=None, methods=None, root='results', out='runs', data_root=None,
-                    max_minutes:float|None=None, dry_run:bool=False, progress:bool=True, log=print) -> dict:
-    "Train, fine-tune and evaluate whatever records of the plan are missing; returns stage timings and what was done."
+                    max_minutes:float|None=None, dry_run:bool=False, progress:bool=True, log=print, seeds=None) -> dict:
+    "Train, fine-tune and evaluate whatever records of the plan (`seeds`: only these) are missing; returns stage timings and what was done."
     from mimbench.train import train, run_dir, run_hash
     scale = SCALES[scale] if isinstance(scale, str) else scale
-    jobs = plan_jobs(scale, protocols, methods, out, data_root)
+    jobs = plan_jobs(scale, protocols, methods, out, data_root, seeds)
     records = load_records(root)
     todo = [j for j in jobs if _existing(records, j, scale, run_hash(j.finetune)) is None]
     log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
@@ -408,6 +412,12 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
             'wall': round(time.time() - t_start, 1)}
 
 # %% ../nbs/17b_leaderboard.ipynb #8587f873
+def _seed_list(text:str|None):
+    "'0,2' → [0, 2]; None → None (every seed of the plan)."
+    if text is None: return None
+    try: return [int(x) for x in str(text).split(',')]
+    except ValueError: raise ValueError(f"--seeds takes seed numbers separated by commas, e.g. 0 or 0,2; got {text!r}.") from None
+
 @call_parse
 def cli_leaderboard(protocol:str=None,          # one protocol (default: every protocol with records)
                     root:str='results',         # folder of result records
@@ -416,6 +426,7 @@ def cli_leaderboard(protocol:str=None,          # one protocol (default: every p
                     run:store_true=False,         # first train, fine-tune and evaluate the missing records of the plan
                     scale:str='small',          # with --run: micro, small (the CPU default) or paper
                     methods:str=None,           # with --run: only these methods, comma-separated (default: all)
+                    seeds:str=None,             # with --run: only these seeds, comma-separated (e.g. 0: one seed of every method first)
                     out:str='runs',             # with --run: the run folder (the run cache)
                     data_root:str=None,         # with --run: folder of a dataset that is not embedded (paper: CIFAR-10)
                     max_minutes:float=None,     # with --run: stop between jobs after this long; the same command goes on
@@ -425,6 +436,9 @@ def cli_leaderboard(protocol:str=None,          # one protocol (default: every p
     "Print the leaderboard (one table per protocol) generated from the result records; `--run` makes the missing ones."
     if run:
         run_leaderboard(scale, [protocol] if protocol else None, methods.split(',') if methods else None, root, out,
-                        data_root, max_minutes, dry_run, progress=not no_progress)
+                        data_root, max_minutes, dry_run, progress=not no_progress, seeds=_seed_list(seeds))
         if dry_run: return
     print(leaderboard_text(root, protocol, format, baseline, include_stale))
+
+
+

@@ -73,6 +73,10 @@ def test_cli_leaderboard(tmp_path):
     p = run('--run', '--scale', 'micro', '--methods', 'mae', '--dry-run', '--out', str(tmp_path / 'runs'))
     assert p.returncode == 0 and '3 to run' in p.stdout, p.stdout + p.stderr     # mae: clean-ft, adv-ft and the randomized control
     assert 'randomized' in p.stdout and not (tmp_path / 'runs').exists()             # a dry run trains nothing
+    p = run('--run', '--protocol', 'clean-ft', '--methods', 'mae', '--seeds', '2', '--dry-run', '--out', str(tmp_path / 'runs'))
+    assert p.returncode == 0 and '3 jobs' not in p.stdout and ' seed 2 ' in p.stdout and ' seed 0 ' not in p.stdout, p.stdout + p.stderr
+    p = run('--run', '--methods', 'mae', '--seeds', 'two', '--dry-run', '--out', str(tmp_path / 'runs'))
+    assert p.returncode == 1 and '--seeds takes seed numbers' in p.stderr, p.stdout + p.stderr
 
 def test_cli_prints_the_mca_comparison(tmp_path):
     "Fails if `mimbench leaderboard` leaves out the mCA table of records with corruption metrics (once only the README and the tutorial showed it)."
