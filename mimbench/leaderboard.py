@@ -308,7 +308,9 @@ def stage_kind(cfg) -> str:
     return (f"{c['task']} {c['recipe']} {c['preset']}/{c['patch_size']} {c['epochs']} ep"
             + (f" on {c['n_train']}" if c.get('n_train') else ''))
 
-def evaluation_kind(protocol:str, n:int) -> str: return f"evaluate {protocol} n={n}"
+def evaluation_kind(protocol:str, n:int, defense:str|None=None) -> str:
+    "The timing kind of an evaluation: protocol, n and the test-time defence (De³'s EOT costs ~20× an undefended model's)."
+    return f"evaluate {protocol} n={n}" + (f" {defense}" if defense else '')
 
 def earlier_timings(out, records=()) -> dict:
     """Seconds of work already done, by kind: each finished training run under `out` (its `result.json`), and each
@@ -321,7 +323,7 @@ def earlier_timings(out, records=()) -> dict:
     evals = {}
     for r in records:
         runs = tuple(x.get('config_hash') for x in r.evaluated.get('runs', []))
-        k = (evaluation_kind(r.protocol['name'], r.n), r.protocol['hash'], r.seed, runs)
+        k = (evaluation_kind(r.protocol['name'], r.n, r.evaluated.get('defense')), r.protocol['hash'], r.seed, runs)
         evals[k] = evals.get(k, 0.) + sum(r.seconds.values())
     for (kind, *_), sec in evals.items():
         if sec: t.setdefault(kind, []).append(sec)
@@ -388,7 +390,7 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
     log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
     pending = {str(run_dir(c)): stage_kind(c) for j in todo for c in (j.pretrain, j.finetune)
                if c is not None and not (run_dir(c) / 'result.json').exists()}
-    evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n) for j in todo]
+    evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n, None if j.sigma is None else 'de3') for j in todo]
     eta = TimeLeft(Counter(pending.values()) + Counter(evaluations), earlier_timings(out, records))
     if dry_run:
         for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")

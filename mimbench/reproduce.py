@@ -1036,8 +1036,8 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     pending = lambda stage: {str(run_dir(c)): stage_kind(c) for j, _ in todo for c in [getattr(j.planned, stage)]
                              if c is not None and not (run_dir(c) / 'result.json').exists()}
     to_train = {stage: pending(stage) for stage in ('pretrain', 'finetune')}
-    ev_kind = {name: evaluation_kind(p.name, p.n) for name, p in protocols.items()}
-    eta = TimeLeft(Counter(k for runs in to_train.values() for k in runs.values()) + Counter(ev_kind[e.name] for _, evs in todo for e in evs),
+    ev_kind = lambda job, ev: evaluation_kind(protocols[ev.name].name, protocols[ev.name].n, job.arm.defense)
+    eta = TimeLeft(Counter(k for runs in to_train.values() for k in runs.values()) + Counter(ev_kind(j, e) for j, evs in todo for e in evs),
                    earlier_timings(out, load_records(folder)))
     log(f"{paper} @ {scale}: {len(jobs)} arm×seed jobs, {len(todo)} with evaluations to run; "
         f"{len(to_train['pretrain'])} pretraining and {len(to_train['finetune'])} fine-tuning runs to train; records in {folder}")
@@ -1058,7 +1058,7 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
             t0 = time.time()
             for rec in EVALUATORS[ev.what](job, model, evaluated, protocols[ev.name], folder, progress):
                 found.setdefault((ev.name, rec.method, rec.seed, job.target(ev)), []).append(rec); made.append(rec.key)
-            seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(ev_kind[ev.name], seconds[f"evaluate {ev.name}"][-1])
+            seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(ev_kind(job, ev), seconds[f"evaluate {ev.name}"][-1])
         if not complete: break
     if not complete: log(f"stopped: --max-minutes {max_minutes:g} reached; the same command goes on from here")
     keep = {(e.name, j.arm.name, j.seed, j.target(e)) for j in jobs for e in j.evaluations}

@@ -62,6 +62,12 @@ def test_reproduce_micro_trimmed(tmp_path, monkeypatch, counted_train):
     assert {p: p.stat().st_mtime_ns for p in res.folder.rglob('*.json')} == mtimes
     assert again.verdicts == res.verdicts and len(again.records) == 3
 
+    for p in res.folder.rglob('*de3*.json'): p.unlink()                               # De³ must be evaluated again:
+    lines = []                                                                        # its time is not the bare models'
+    reproduce('nim-de3', 'micro', **{**kw, 'log': lines.append})
+    eta = next(l for l in lines if 'evaluate fgsm · de3' in l)
+    assert 'nothing timed yet of 1 × evaluate nim-de3.fgsm n=16 de3' in eta, eta
+
 def test_cli_runs_the_grid(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(GRIDS, 'nim-de3', trimmed_nim_de3())
     cli_reproduce('nim-de3', scale='micro', out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), no_progress=True)
