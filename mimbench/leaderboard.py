@@ -52,8 +52,8 @@ class Leaderboard:
     def to_markdown(self) -> str:
         t = self.table()
         lines = [f"**{self.protocol}**{' (stale records, made by other code than the installed mimbench)' if self.shows_stale else ''}"
-                 f" — mean ± sd over seeds [95 % Wilson interval of the pooled flags]; Δ: McNemar exact test "
-                 f"on seed-matched per-sample flags", '', '| ' + ' | '.join(t[0]) + ' |', '|' + '---|' * len(t[0])]
+                 f" — mean ± sd over seeds [95 % Wilson interval of the pooled flags]; Δ: mean seed-matched difference "
+                 f"over the seeds both have, McNemar exact test on the same per-sample flags", '', '| ' + ' | '.join(t[0]) + ' |', '|' + '---|' * len(t[0])]
         lines += ['| ' + ' | '.join(r) + ' |' for r in t[1:]]
         if self.mca: lines += ['', self.mca.rstrip('\n')]
         if self.provenance: lines += ['', self.footer()]
@@ -116,13 +116,19 @@ def _summary(recs:list, metric:str, base:list|None) -> dict|None:
         f = np.concatenate([unpack_flags(r.flags[metric]) for r in have])
         out['lo'], out['hi'] = wilson_interval(int(f.sum()), len(f))
     else: out['lo'] = out['hi'] = out['mean']
-    if base:
-        bvals = [r.metrics[metric] for r in base if metric in r.metrics]
-        out['delta'] = out['mean'] - float(np.mean(bvals)) if bvals else None
-        pairs = [(r, b) for r in have for b in base if b.seed == r.seed and metric in r.flags and metric in b.flags]
-        if pairs and base is not recs:
-            out['p'] = mcnemar(np.concatenate([unpack_flags(r.flags[metric]) for r, _ in pairs]),
-                               np.concatenate([unpack_flags(b.flags[metric]) for _, b in pairs]))['p']
+    if base: out.update(_paired_delta(have, base, metric) if base is not recs else {'delta': 0.})
+    return out
+
+def _paired_delta(have:list, base:list, metric:str) -> dict:
+    """Δ vs the baseline over the seeds both have (mean of the seed-matched differences), and McNemar's p on the same
+    seed-matched per-sample flags: one paired quantity and its test. No shared seed: no Δ (an unpaired difference of
+    means over different seeds would mix seed noise into it)."""
+    pairs = [(r, b) for r in have for b in base if b.seed == r.seed and metric in b.metrics]
+    if not pairs: return {'delta': None}
+    out = {'delta': float(np.mean([r.metrics[metric] - b.metrics[metric] for r, b in pairs])), 'paired_seeds': len(pairs)}
+    if all(metric in r.flags and metric in b.flags for r, b in pairs):
+        out['p'] = mcnemar(np.concatenate([unpack_flags(r.flags[metric]) for r, _ in pairs]),
+                           np.concatenate([unpack_flags(b.flags[metric]) for _, b in pairs]))['p']
     return out
 
 def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False) -> Leaderboard:
