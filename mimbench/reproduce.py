@@ -24,7 +24,8 @@ __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDG
            'check_data', 'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol',
            'results_folder', 'GridJob', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe', 'arm_model',
            'ttfp_model', 'records_of', 'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction',
-           'current_records', 'write_report', 'reproduce', 'committed_report', 'plan_summary', 'cli_reproduce']
+           'current_records', 'write_report', 'Work', 'work_left', 'reproduce', 'committed_report', 'plan_summary',
+           'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -1020,14 +1021,32 @@ def write_report(paper:str, folder, records:list, rows:list, r:Resolved, status:
     return report, figure
 
 # %% ../nbs/18_reproduce.ipynb #72c057e1
-def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
-              results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print) -> Reproduction:
-    "Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report."
-    from mimbench.train import train, run_dir
+@dataclass
+class Work:
+    "What a `reproduce` call has left to do: the grid's jobs, the current records, the jobs with work, the runs to train, the time."
+    resolved: Resolved                         # the grid's scale, data and model
+    shape: tuple                               # (channels, size, size) of the images
+    folder: Path
+    protocols: dict                            # evaluation name → its Protocol
+    jobs: list                                 # every GridJob of the grid
+    found: dict                                # (evaluation, arm, seed, run dir) → current records
+    todo: list                                 # [(GridJob, [Evaluation still to run])] of the jobs with anything to do
+    to_train: dict                             # 'pretrain'/'finetune' → {run dir: timing kind} not yet trained
+    eta: TimeLeft
+
+    def ev_kind(self, job, ev) -> str: return evaluation_kind(self.protocols[ev.name].name, self.protocols[ev.name].n, job.arm.defense)
+
+    def __str__(self):
+        n_ev = sum(len(evs) for _, evs in self.todo)
+        if not self.todo: return f"{len(self.jobs)} arm×seed jobs, all with current records: nothing to do"
+        return (f"{len(self.jobs)} arm×seed jobs, {len(self.todo)} with work: {len(self.to_train['pretrain'])} pretraining and "
+                f"{len(self.to_train['finetune'])} fine-tuning runs to train, {n_ev} evaluations; {self.eta}")
+
+def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
+              results='results', seeds:int|None=None) -> Work:
+    "What `reproduce` with these arguments would do, and the time it would take (priced from `out` and the records)."
+    from mimbench.train import run_dir
     from mimbench.data import get_dataset
-    t_start = time.time()
-    problems = dry_run(paper, scale, dataset, root, channels)
-    if problems: raise ValueError(f"{paper} @ {scale} cannot run ({len(problems)} problem(s)):\n" + '\n'.join(f"  - {p}" for p in problems))
     g, r = GRIDS[paper], resolve_scale(paper, scale, dataset, root, channels)
     folder = results_folder(results, paper, scale, r.data['dataset'])
     test = get_dataset(r.data['dataset'], 'test', root=r.data['data_root'], img_size=r.data['img_size'], channels=r.data['channels'])
@@ -1041,11 +1060,21 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     pending = lambda stage: {str(run_dir(c)): stage_kind(c) for j, _ in todo for c in [getattr(j.planned, stage)]
                              if c is not None and not (run_dir(c) / 'result.json').exists()}
     to_train = {stage: pending(stage) for stage in ('pretrain', 'finetune')}
-    ev_kind = lambda job, ev: evaluation_kind(protocols[ev.name].name, protocols[ev.name].n, job.arm.defense)
-    eta = TimeLeft(Counter(k for runs in to_train.values() for k in runs.values()) + Counter(ev_kind(j, e) for j, evs in todo for e in evs),
-                   earlier_timings(out, load_records(folder)))
-    log(f"{paper} @ {scale}: {len(jobs)} arm×seed jobs, {len(todo)} with evaluations to run; "
-        f"{len(to_train['pretrain'])} pretraining and {len(to_train['finetune'])} fine-tuning runs to train; records in {folder}")
+    w = Work(r, shape, folder, protocols, jobs, found, todo, to_train, None)
+    w.eta = TimeLeft(Counter(k for runs in to_train.values() for k in runs.values()) + Counter(w.ev_kind(j, e) for j, evs in todo for e in evs),
+                     earlier_timings(out, load_records(folder)))
+    return w
+
+def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
+              results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print) -> Reproduction:
+    "Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report."
+    from mimbench.train import train, run_dir
+    t_start = time.time()
+    problems = dry_run(paper, scale, dataset, root, channels)
+    if problems: raise ValueError(f"{paper} @ {scale} cannot run ({len(problems)} problem(s)):\n" + '\n'.join(f"  - {p}" for p in problems))
+    w = work_left(paper, scale, dataset, root, channels, out, results, seeds)
+    r, shape, folder, protocols, jobs, found, todo, eta = w.resolved, w.shape, w.folder, w.protocols, w.jobs, w.found, w.todo, w.eta
+    log(f"{paper} @ {scale}: {w}; records in {folder}")
     seconds, trained, made, complete = {}, [], [], True
     over = lambda: max_minutes is not None and time.time() - t_start > 60 * max_minutes
     for i, (job, evs) in enumerate(todo):
@@ -1063,7 +1092,7 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
             t0 = time.time()
             for rec in EVALUATORS[ev.what](job, model, evaluated, protocols[ev.name], folder, progress):
                 found.setdefault((ev.name, rec.method, rec.seed, job.target(ev)), []).append(rec); made.append(rec.key)
-            seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(ev_kind(job, ev), seconds[f"evaluate {ev.name}"][-1])
+            seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(w.ev_kind(job, ev), seconds[f"evaluate {ev.name}"][-1])
         if not complete: break
     if not complete: log(f"stopped: --max-minutes {max_minutes:g} reached; the same command goes on from here")
     keep = {(e.name, j.arm.name, j.seed, j.target(e)) for j in jobs for e in j.evaluations}
@@ -1137,3 +1166,5 @@ def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 o
         print(f"\ndry run: {len(problems)} problem(s) in {time.time() - t:.1f}s:", *(f"  - {p}" for p in problems), sep='\n')
         raise SystemExit(1)
     print(f"\ndry run: no problems ({time.time() - t:.1f}s)")
+    print(f"to do, with the run cache {out} and the records under {results}: "
+          f"{work_left(paper, scale, dataset, root, channels, out, results, seeds)}")
