@@ -53,7 +53,9 @@ class Leaderboard:
         t = self.table()
         lines = [f"**{self.protocol}**{' (stale records, made by other code than the installed mimbench)' if self.shows_stale else ''}"
                  f" — mean ± sd over seeds [95 % Wilson interval of the pooled flags]; Δ: mean seed-matched difference "
-                 f"over the seeds both have, McNemar exact test on the same per-sample flags", '', '| ' + ' | '.join(t[0]) + ' |', '|' + '---|' * len(t[0])]
+                 f"over the seeds both have, McNemar exact test on the same per-sample flags"
+                 + ("; each pass rule [in brackets] against the baseline under the same rule" if any(' [' in r['method'] for r in self.rows) else ''),
+                 '', '| ' + ' | '.join(t[0]) + ' |', '|' + '---|' * len(t[0])]
         lines += ['| ' + ' | '.join(r) + ' |' for r in t[1:]]
         if self.mca: lines += ['', self.mca.rstrip('\n')]
         if self.provenance: lines += ['', self.footer()]
@@ -131,6 +133,11 @@ def _paired_delta(have:list, base:list, metric:str) -> dict:
                            np.concatenate([unpack_flags(b.flags[metric]) for _, b in pairs]))['p']
     return out
 
+def _baseline_of(method:str, by_method:dict, baseline:str|None, default):
+    "The baseline records a method is compared with: the baseline under the same pass rule ('mae [1 pass]' for 'de3 [1 pass]')."
+    rule = method[len(method.split(' [')[0]):]
+    return by_method.get(f"{baseline}{rule}", default) if rule else default
+
 def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False) -> Leaderboard:
     "The table of `records` (one protocol): rows per method, mean ± sd over seeds, intervals, Δ vs `baseline` with McNemar."
     if not records: raise ValueError("No records to tabulate: run `mimbench leaderboard --run` or `evaluate_protocol` first.")
@@ -147,7 +154,8 @@ def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False)
     for r in current: by_method.setdefault(r.method, []).append(r)
     metrics = list(dict.fromkeys(m for r in current for m in r.metrics))
     base = by_method.get(baseline) or by_method.get(f"{baseline} [5 passes]")     # the randomized track labels pass rules
-    rows = [{'method': m, 'seeds': len(rs), **{k: _summary(rs, k, base) for k in metrics}} for m, rs in by_method.items()]
+    rows = [{'method': m, 'seeds': len(rs), **{k: _summary(rs, k, _baseline_of(m, by_method, baseline, base)) for k in metrics}}
+            for m, rs in by_method.items()]
     rows.sort(key=lambda r: (r['method'] != baseline, r['method']))
     commits = {}
     for r in current: commits[r.provenance.get('commit')] = commits.get(r.provenance.get('commit'), False) or bool(r.provenance.get('dirty'))
