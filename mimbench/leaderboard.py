@@ -393,6 +393,14 @@ def _evaluate_job(job:Job, scale:Scale, root, data_root, progress):
     return evaluate_protocol(model, protocol, job.label, job.seed, recipe='de3', evaluated=ev, root=root,
                              dataset=job.finetune.dataset, data_root=data_root, progress=progress)
 
+def _work(todo:list, scale:Scale, earlier:dict) -> tuple:
+    "The runs `todo` still has to train ({run dir: kind}), its evaluations' kinds, and their `TimeLeft`."
+    from mimbench.train import run_dir
+    pending = {str(run_dir(c)): stage_kind(c) for j in todo for c in (j.pretrain, j.finetune)
+               if c is not None and not (run_dir(c) / 'result.json').exists()}
+    evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n, None if j.sigma is None else 'de3') for j in todo]
+    return pending, evaluations, TimeLeft(Counter(pending.values()) + Counter(evaluations), earlier)
+
 def run_leaderboard(scale='small', protocols=None, methods=None, root='results', out='runs', data_root=None,
                     max_minutes:float|None=None, dry_run:bool=False, progress:bool=True, log=print, seeds=None) -> dict:
     "Train, fine-tune and evaluate whatever records of the plan (`seeds`: only these) are missing; returns stage timings and what was done."
@@ -402,13 +410,16 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
     records = load_records(root)
     todo = [j for j in jobs if _existing(records, j, scale, run_hash(j.finetune)) is None]
     log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
-    pending = {str(run_dir(c)): stage_kind(c) for j in todo for c in (j.pretrain, j.finetune)
-               if c is not None and not (run_dir(c) / 'result.json').exists()}
-    evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n, None if j.sigma is None else 'de3') for j in todo]
-    eta = TimeLeft(Counter(pending.values()) + Counter(evaluations), earlier_timings(out, records))
+    earlier = earlier_timings(out, records)
+    pending, evaluations, eta = _work(todo, scale, earlier)
     if dry_run:
         for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")
         if todo: log(f"{len(pending)} runs to train, {len(todo)} evaluations: {eta}")
+        by_protocol = {p: [j for j in todo if j.protocol == p] for p in dict.fromkeys(j.protocol for j in todo)}
+        if len(by_protocol) > 1:                  # a run two protocols share is counted in each
+            for p, js in by_protocol.items():
+                pend, _, t = _work(js, scale, earlier)
+                log(f"  {p}: {len(pend)} runs to train, {len(js)} evaluations: {t}")
         return {'todo': len(todo), 'done': 0, 'seconds': {}}
     seconds, t_start, done = {'pretrain': [], 'finetune': [], 'evaluate': []}, time.time(), 0
     for i, j in enumerate(todo):
