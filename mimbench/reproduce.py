@@ -274,9 +274,9 @@ _register(Grid('nim-de3', 'NIM / De³ — noisy image modeling and the denoise-t
         Arm('mae-demask', 'mae', {'norm_pix_loss': False}, finetune_args=_CE, defense='demask',
             defense_args={'denoiser': '@mae-demask', 'mask_ratio': 0.75}, role='control'),
         Arm('nim', 'nim', {'sigma': 'gamma:25,3'}, finetune_args=_CE, role='control'),
-        Arm('de3 σ=70', 'nim', {'sigma': 'gamma:25,3'}, finetune='de3', finetune_args={'denoiser': '@de3 σ=70', 'sigma_max': 30., **_CE},
+        Arm('de3 σ=70', 'nim', {'sigma': 'gamma:25,3'}, finetune='de3', finetune_args={'denoiser': '@de3 σ=70', **_CE},
             defense='de3', defense_args={'denoiser': '@de3 σ=70', 'sigma': 70.}, role='headline'),
-        Arm('de3 σ=140', 'nim', {'sigma': 'gamma:25,3'}, finetune='de3', finetune_args={'denoiser': '@de3 σ=140', 'sigma_max': 30., **_CE},
+        Arm('de3 σ=140', 'nim', {'sigma': 'gamma:25,3'}, finetune='de3', finetune_args={'denoiser': '@de3 σ=140', **_CE},
             defense='de3', defense_args={'denoiser': '@de3 σ=140', 'sigma': 140.}, role='ablation'),
     ),
     evaluations=(
