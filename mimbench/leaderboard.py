@@ -107,6 +107,14 @@ def _comparable(records:list):
             detail = '; '.join(f"{k}: {', '.join(v[:3])}{' …' if len(v) > 3 else ''}" for k, v in groups.items())
             raise ValueError(f"These records differ in {what} and cannot share one table ({detail}). "
                              f"Render one table per {what}, or re-evaluate under one protocol.")
+    seen = {}
+    for r in records: seen.setdefault((r.method, r.seed), []).append(r.key)
+    twice = {k: v for k, v in seen.items() if len(v) > 1}
+    if twice:
+        (method, seed), keys = next(iter(twice.items()))
+        raise ValueError(f"{len(twice)} method/seed pair(s) have more than one current record, e.g. {method} seed {seed}: "
+                         f"{', '.join(keys)} (other runs evaluated under one label). One seed would count twice; "
+                         f"remove the records of the runs that are not the plan's.")
 
 def _summary(recs:list, metric:str, base:list|None) -> dict|None:
     "mean/sd over seeds, pooled Wilson interval, and Δ/McNemar vs the seed-matched baseline records."
