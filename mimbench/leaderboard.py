@@ -396,7 +396,7 @@ def _evaluate_job(job:Job, scale:Scale, root, data_root, progress):
                                  root=root, data_root=data_root, progress=progress)
     from mimbench.defenses import build_defense
     pre_dir = run_dir(job.pretrain)
-    model = build_defense('de3', str(pre_dir), str(ft_dir), sigma=job.sigma)
+    model = build_defense('de3', str(pre_dir), str(ft_dir), sigma=job.sigma).eval()   # as reproduce.arm_model: no train-mode warning
     ev = {'runs': [describe_run(pre_dir), describe_run(ft_dir)], 'defense': 'de3', 'sigma': job.sigma}
     return evaluate_protocol(model, protocol, job.label, job.seed, recipe='de3', evaluated=ev, root=root,
                              dataset=job.finetune.dataset, data_root=data_root, progress=progress)
