@@ -22,10 +22,10 @@ __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDG
            'Comparison', 'PaperSetting', 'Grid', 'paper_table', 'grid_markdown', 'native_geometry', 'Resolved',
            'resolve_scale', 'Planned', 'plan', 'resolve_eps', 'metric_name', 'budget_kwargs', 'check_attack',
            'check_data', 'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol',
-           'results_folder', 'GridJob', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe', 'arm_model',
-           'ttfp_model', 'records_of', 'comparison_rows', 'report_markdown', 'plot_comparisons', 'Reproduction',
-           'current_records', 'write_report', 'Work', 'work_left', 'reproduce', 'committed_report', 'plan_summary',
-           'cli_reproduce']
+           'results_folder', 'GridJob', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe', 'same_attack',
+           'twin_record', 'record_from_twin', 'arm_model', 'ttfp_model', 'records_of', 'comparison_rows',
+           'report_markdown', 'plot_comparisons', 'Reproduction', 'current_records', 'write_report', 'Work',
+           'work_left', 'reproduce', 'committed_report', 'plan_summary', 'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -845,6 +845,30 @@ def eval_probe(job, model, evaluated, protocol, folder, progress:bool=False) -> 
 # %% ../nbs/18_reproduce.ipynb #5310c0bf
 EVALUATORS = {'attack': eval_attack, 'shift': eval_shift, 'probe': eval_probe}
 
+_SAME_ATTACK = ('attacks', 'norm', 'n', 'split', 'cascade', 'adaptive')
+
+def same_attack(a:dict, b:dict) -> bool:
+    "Whether two protocols' settings run the same attack evaluation (ε compared in pixel units, the pass rule apart)."
+    eps = lambda st: [parse_eps(e, st['norm']) for e in st['eps']]
+    return all(a.get(k) == b.get(k) for k in _SAME_ATTACK) and len(a['eps']) == len(b['eps']) and np.allclose(eps(a), eps(b))
+
+def twin_record(results, protocol, job, evaluated:dict):
+    """A current record under `results` (the leaderboard's protocol folders) of the evaluation `job` is about to run under
+    `protocol`: the same attack settings and pass rule, runs, defence, test samples and seed. None if there is none, or
+    if the protocol leaves the pass rule to the harness."""
+    if not protocol.passes or len(protocol.passes) != 1 or protocol.passes[0] is None: return None
+    runs = [x.get('dir') for x in evaluated['runs']]
+    same = lambda r: ([x.get('dir') for x in r.evaluated.get('runs', [])] == runs and r.seed == job.seed
+                      and r.extra.get('passes') == protocol.passes[0] and not r.is_stale()
+                      and all(r.evaluated.get(k) == evaluated.get(k) for k in ('defense', 'sigma', 'mask_ratio', 'sample_digest')))
+    return next((r for r in load_records(results) if same(r) and same_attack(r.protocol['settings'], protocol.settings())), None)
+
+def record_from_twin(twin, protocol, job, evaluated:dict):
+    "`twin`'s flags, times and provenance as the record of `job` under `protocol` (it ran that very evaluation), saying so."
+    return replace(twin, method=job.arm.name, protocol={'name': protocol.name, 'hash': protocol.settings_hash(), 'settings': protocol.settings()},
+                   evaluated={**twin.evaluated, 'recipe': evaluated['recipe']},
+                   extra={**twin.extra, 'same_evaluation_as': f"{twin.protocol['name']}/{twin.key}"})
+
 # %% ../nbs/18_reproduce.ipynb #644ec6fa
 def arm_model(job:GridJob):
     "(what to evaluate, `evaluated` description or None): the fine-tuned run directory, or the arm's defence around it."
@@ -1065,6 +1089,20 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
                      earlier_timings(out, load_records(folder)))
     return w
 
+def _evaluate_or_reuse(job, ev, model, evaluated, protocol, folder, results, progress, log) -> list:
+    "Run `ev` on `job`'s model, or — when the leaderboard already holds that very evaluation — record it from there."
+    if ev.what == 'attack':
+        from mimbench.data import get_dataset
+        ft = job.planned.finetune
+        ds = get_dataset(ft.dataset, protocol.split, root=ft.data_root, img_size=ft.img_size, channels=ft.channels)
+        ev_desc = _evaluated(model, evaluated, ds, min(protocol.n, len(ds)), protocol.split, job.recipe)
+        twin = twin_record(results, protocol, job, ev_desc)
+        if twin is not None:
+            rec = record_from_twin(twin, protocol, job, ev_desc); rec.save(folder)
+            log(f"    {protocol.name} · {job.arm.name} seed {job.seed}: the same evaluation as record {twin.key}, reused")
+            return [rec]
+    return EVALUATORS[ev.what](job, model, evaluated, protocol, folder, progress)
+
 def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
               results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print) -> Reproduction:
     "Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report."
@@ -1090,7 +1128,7 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
             if over(): complete = False; break
             log(f"[{i + 1}/{len(todo)}] evaluate {ev.name} · {job.arm.name} seed {job.seed} — {eta}")
             t0 = time.time()
-            for rec in EVALUATORS[ev.what](job, model, evaluated, protocols[ev.name], folder, progress):
+            for rec in _evaluate_or_reuse(job, ev, model, evaluated, protocols[ev.name], folder, results, progress, log):
                 found.setdefault((ev.name, rec.method, rec.seed, job.target(ev)), []).append(rec); made.append(rec.key)
             seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(w.ev_kind(job, ev), seconds[f"evaluate {ev.name}"][-1])
         if not complete: break

@@ -62,7 +62,7 @@ def test_reproduce_micro_trimmed(tmp_path, monkeypatch, counted_train):
     assert {p: p.stat().st_mtime_ns for p in res.folder.rglob('*.json')} == mtimes
     assert again.verdicts == res.verdicts and len(again.records) == 3
 
-    for p in res.folder.rglob('*de3*.json'): p.unlink()                               # De³ must be evaluated again:
+    for p in res.folder.rglob('*--de3_σ_70--*.json'): p.unlink()                               # De³ must be evaluated again:
     lines = []                                                                        # its time is not the bare models'
     reproduce('nim-de3', 'micro', **{**kw, 'log': lines.append})
     eta = next(l for l in lines if 'evaluate fgsm · de3' in l)
@@ -116,3 +116,26 @@ def test_reproduce_mimir_micro(tmp_path):
     assert {(r.protocol['name'].split('.', 1)[1], r.method) for r in res.records} == want
     assert all(check_record(r) == [] for r in res.records)
     assert len(res.verdicts) == len(g.comparisons) and res.complete
+
+def test_reproduce_reuses_the_same_evaluation_from_the_leaderboard(tmp_path, monkeypatch):
+    "An attack evaluation the leaderboard already holds (same attack settings and pass rule, runs, samples, seed) is not run twice."
+    from dataclasses import replace as dc_replace
+    import mimbench.reproduce as R
+    monkeypatch.setitem(GRIDS, 'nim-de3', trimmed('nim-de3', ('mae', 'de3 σ=70'), ('aa-rand-1pass',)))
+    kw = dict(out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), log=lambda *a: None)
+    first = reproduce('nim-de3', 'micro', **kw)
+    de3 = next(r for r in first.records if r.method == 'de3 σ=70')
+    twin = dc_replace(de3, method='de3 [1 pass]', protocol={**de3.protocol, 'name': 'randomized-twin'})
+    twin.save(tmp_path / 'results')                                  # as the leaderboard's randomized track would hold it
+    for p in first.folder.rglob('*--de3_σ_70--*.json'): p.unlink()
+    def must_not_run(*a, **k): raise AssertionError('evaluated again')
+    monkeypatch.setitem(R.EVALUATORS, 'attack', must_not_run)
+    lines = []
+    again = reproduce('nim-de3', 'micro', **{**kw, 'log': lines.append})
+    rec = next(r for r in again.records if r.method == 'de3 σ=70')
+    assert rec.flags == de3.flags and rec.protocol == de3.protocol and check_record(rec) == []
+    assert rec.extra['same_evaluation_as'] == f"randomized-twin/{twin.key}" and any('reused' in l for l in lines)
+    assert load_records(first.folder, 'nim-de3.aa-rand-1pass')                    # saved beside the grid's own records
+    for p in first.folder.rglob('*--de3_σ_70--*.json'): p.unlink()
+    dc_replace(twin, extra={**twin.extra, 'passes': 5}).save(tmp_path / 'results')   # another pass rule: not the same evaluation
+    with pytest.raises(AssertionError, match='evaluated again'): reproduce('nim-de3', 'micro', **kw)
