@@ -164,7 +164,7 @@ def leaderboard(records:list, baseline:str|None='mae', include_stale:bool=False)
     base = by_method.get(baseline) or by_method.get(f"{baseline} [5 passes]")     # the randomized track labels pass rules
     rows = [{'method': m, 'seeds': len(rs), **{k: _summary(rs, k, _baseline_of(m, by_method, baseline, base)) for k in metrics}}
             for m, rs in by_method.items()]
-    rows.sort(key=lambda r: (r['method'] != baseline, r['method']))
+    rows.sort(key=lambda r: (r['method'].split(' [')[0] != baseline, r['method']))      # the baseline's rows first, any pass rule
     commits = {}
     for r in current: commits[r.provenance.get('commit')] = commits.get(r.provenance.get('commit'), False) or bool(r.provenance.get('dirty'))
     distinct = lambda k: list(dict.fromkeys(str(r.provenance.get(k)) for r in current))
