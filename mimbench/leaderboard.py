@@ -18,7 +18,7 @@ from .corruptions import mca_table
 # %% auto #0
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
            'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
-           'TimeLeft', 'run_leaderboard', 'cli_leaderboard']
+           'TimeLeft', 'pending_runs', 'defended', 'run_leaderboard', 'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -355,6 +355,10 @@ class TimeLeft:
     "How many stages of each kind are left, and their time: this sitting's mean time of a kind, else the earlier times'."
     def __init__(self, left:dict, earlier:dict|None=None):
         self.left, self.earlier, self.now = {k: n for k, n in left.items() if n}, earlier or {}, {}
+    @classmethod
+    def of(cls, runs:dict, evaluations:list, earlier:dict|None=None):
+        "The time left to train `runs` ({run dir: kind}, as `pending_runs` gives) and to run `evaluations` (their kinds)."
+        return cls(Counter(runs.values()) + Counter(evaluations), earlier)
     def done(self, kind:str, seconds:float):
         "Count one stage of `kind` done in `seconds`."
         self.now.setdefault(kind, []).append(seconds)
@@ -376,6 +380,18 @@ class TimeLeft:
         return f"time left ≈ {when}" + (f" + not yet timed: {', '.join(unknown)}" if unknown else '')
 
 # %% ../nbs/17b_leaderboard.ipynb #df6ab86a
+def pending_runs(configs) -> dict:
+    "{run dir: timing kind} of the training configurations in `configs` (None skipped) whose run has not finished."
+    from mimbench.train import run_dir
+    return {str(run_dir(c)): stage_kind(c) for c in configs if c is not None and not (run_dir(c) / 'result.json').exists()}
+
+def defended(defense:str, denoiser, classifier, **args) -> tuple:
+    """(the eval-mode `defense` pipeline — 'de3' or 'demask' — of the run directories `denoiser` and `classifier`, the
+    `evaluated` description its records carry). Eval mode: the pipeline's randomness is its own noise, never dropout."""
+    from mimbench.defenses import build_defense
+    model = build_defense(defense, str(denoiser), str(classifier), **args).eval()
+    return model, {'runs': [describe_run(denoiser), describe_run(classifier)], 'defense': defense, **args}
+
 def _existing(records, job:Job, scale:Scale, run_hash:str):
     "The current record of `job`, if one exists."
     label_prefix, phash = job.label, scaled_protocol(job.protocol, scale).settings_hash()
@@ -394,20 +410,15 @@ def _evaluate_job(job:Job, scale:Scale, root, data_root, progress):
     if job.sigma is None:
         return evaluate_protocol(str(ft_dir), protocol, job.label, job.seed, recipe=job.method.pretext or 'scratch',
                                  root=root, data_root=data_root, progress=progress)
-    from mimbench.defenses import build_defense
-    pre_dir = run_dir(job.pretrain)
-    model = build_defense('de3', str(pre_dir), str(ft_dir), sigma=job.sigma).eval()   # as reproduce.arm_model: no train-mode warning
-    ev = {'runs': [describe_run(pre_dir), describe_run(ft_dir)], 'defense': 'de3', 'sigma': job.sigma}
+    model, ev = defended('de3', run_dir(job.pretrain), ft_dir, sigma=job.sigma)
     return evaluate_protocol(model, protocol, job.label, job.seed, recipe='de3', evaluated=ev, root=root,
                              dataset=job.finetune.dataset, data_root=data_root, progress=progress)
 
 def _work(todo:list, scale:Scale, earlier:dict) -> tuple:
     "The runs `todo` still has to train ({run dir: kind}), its evaluations' kinds, and their `TimeLeft`."
-    from mimbench.train import run_dir
-    pending = {str(run_dir(c)): stage_kind(c) for j in todo for c in (j.pretrain, j.finetune)
-               if c is not None and not (run_dir(c) / 'result.json').exists()}
+    pending = pending_runs(c for j in todo for c in (j.pretrain, j.finetune))
     evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n, None if j.sigma is None else 'de3') for j in todo]
-    return pending, evaluations, TimeLeft(Counter(pending.values()) + Counter(evaluations), earlier)
+    return pending, evaluations, TimeLeft.of(pending, evaluations, earlier)
 
 def run_leaderboard(scale='small', protocols=None, methods=None, root='results', out='runs', data_root=None,
                     max_minutes:float|None=None, dry_run:bool=False, progress:bool=True, log=print, seeds=None) -> dict:

@@ -5,7 +5,6 @@
 # %% ../nbs/18_reproduce.ipynb #aef4ce88
 from __future__ import annotations
 import math, time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
@@ -13,7 +12,8 @@ import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
-from .leaderboard import SCALES, TimeLeft, earlier_timings, evaluation_kind, stage_kind, stale_code_version
+from .leaderboard import (SCALES, TimeLeft, defended, earlier_timings, evaluation_kind, pending_runs, stage_kind,
+                                  stale_code_version)
 from .attacks import ATTACKS
 from torch import nn
 
@@ -852,8 +852,8 @@ def same_attack(a:dict, b:dict) -> bool:
     eps = lambda st: [parse_eps(e, st['norm']) for e in st['eps']]
     return all(a.get(k) == b.get(k) for k in _SAME_ATTACK) and len(a['eps']) == len(b['eps']) and np.allclose(eps(a), eps(b))
 
-def twin_record(results, protocol, job, evaluated:dict):
-    """A current record under `results` (the leaderboard's protocol folders) of the evaluation `job` is about to run under
+def twin_record(records:list, protocol, job, evaluated:dict):
+    """A current record among `records` (the leaderboard's, say) of the evaluation `job` is about to run under
     `protocol`: the same attack settings and pass rule, runs, defence, test samples and seed. None if there is none, or
     if the protocol leaves the pass rule to the harness."""
     if not protocol.passes or len(protocol.passes) != 1 or protocol.passes[0] is None: return None
@@ -861,7 +861,7 @@ def twin_record(results, protocol, job, evaluated:dict):
     same = lambda r: ([x.get('dir') for x in r.evaluated.get('runs', [])] == runs and r.seed == job.seed
                       and r.extra.get('passes') == protocol.passes[0] and not r.is_stale()
                       and all(r.evaluated.get(k) == evaluated.get(k) for k in ('defense', 'sigma', 'mask_ratio', 'sample_digest')))
-    return next((r for r in load_records(results) if same(r) and same_attack(r.protocol['settings'], protocol.settings())), None)
+    return next((r for r in records if same(r) and same_attack(r.protocol['settings'], protocol.settings())), None)
 
 def record_from_twin(twin, protocol, job, evaluated:dict):
     "`twin`'s flags, times and provenance as the record of `job` under `protocol` (it ran that very evaluation), saying so."
@@ -873,15 +873,10 @@ def record_from_twin(twin, protocol, job, evaluated:dict):
 def arm_model(job:GridJob):
     "(what to evaluate, `evaluated` description or None): the fine-tuned run directory, or the arm's defence around it."
     from mimbench.train import run_dir
-    from mimbench.defenses import build_defense
     a, ft_dir = job.arm, str(run_dir(job.planned.finetune))
     if a.defense is None: return ft_dir, None
     args = dict(job.planned.defense_args)
-    if a.defense in ('de3', 'demask'):
-        den = args.pop('denoiser')
-        model = build_defense(a.defense, den, ft_dir, sigma=args.get('sigma', 70.), mask_ratio=args.get('mask_ratio', 0.75))
-        model.eval()
-        return model, {'runs': [describe_run(den), describe_run(ft_dir)], 'defense': a.defense, **args}
+    if a.defense in ('de3', 'demask'): return defended(a.defense, args.pop('denoiser'), ft_dir, **args)
     if a.defense == 'ttfp': return ttfp_model(job.planned.finetune, args), {'runs': [describe_run(ft_dir)], 'defense': 'ttfp', **args}
     raise ValueError(f"unknown defence {a.defense!r}; use 'de3', 'demask' or 'ttfp'")
 
@@ -1081,22 +1076,20 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in jobs]
     done = lambda j: all((run_dir(c) / 'result.json').exists() for c in (j.planned.pretrain, j.planned.finetune) if c is not None)
     todo = [(j, evs) for j, evs in todo if evs or not done(j)]       # an arm that is only a tool of another: trained only
-    pending = lambda stage: {str(run_dir(c)): stage_kind(c) for j, _ in todo for c in [getattr(j.planned, stage)]
-                             if c is not None and not (run_dir(c) / 'result.json').exists()}
-    to_train = {stage: pending(stage) for stage in ('pretrain', 'finetune')}
+    to_train = {stage: pending_runs(getattr(j.planned, stage) for j, _ in todo) for stage in ('pretrain', 'finetune')}
     w = Work(r, shape, folder, protocols, jobs, found, todo, to_train, None)
-    w.eta = TimeLeft(Counter(k for runs in to_train.values() for k in runs.values()) + Counter(w.ev_kind(j, e) for j, evs in todo for e in evs),
-                     earlier_timings(out, load_records(folder)))
+    w.eta = TimeLeft.of(to_train['pretrain'] | to_train['finetune'], [w.ev_kind(j, e) for j, evs in todo for e in evs],
+                        earlier_timings(out, load_records(folder)))
     return w
 
-def _evaluate_or_reuse(job, ev, model, evaluated, protocol, folder, results, progress, log) -> list:
-    "Run `ev` on `job`'s model, or — when the leaderboard already holds that very evaluation — record it from there."
+def _evaluate_or_reuse(job, ev, model, evaluated, protocol, folder, known:list, progress, log) -> list:
+    "Run `ev` on `job`'s model, or — when the records `known` already hold that very evaluation — record it from there."
     if ev.what == 'attack':
         from mimbench.data import get_dataset
         ft = job.planned.finetune
         ds = get_dataset(ft.dataset, protocol.split, root=ft.data_root, img_size=ft.img_size, channels=ft.channels)
         ev_desc = _evaluated(model, evaluated, ds, min(protocol.n, len(ds)), protocol.split, job.recipe)
-        twin = twin_record(results, protocol, job, ev_desc)
+        twin = twin_record(known, protocol, job, ev_desc)
         if twin is not None:
             rec = record_from_twin(twin, protocol, job, ev_desc); rec.save(folder)
             log(f"    {protocol.name} · {job.arm.name} seed {job.seed}: the same evaluation as record {twin.key}, reused")
@@ -1113,6 +1106,7 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     w = work_left(paper, scale, dataset, root, channels, out, results, seeds)
     r, shape, folder, protocols, jobs, found, todo, eta = w.resolved, w.shape, w.folder, w.protocols, w.jobs, w.found, w.todo, w.eta
     log(f"{paper} @ {scale}: {w}; records in {folder}")
+    known = load_records(results)                # where an evaluation may already have been made (`twin_record`)
     seconds, trained, made, complete = {}, [], [], True
     over = lambda: max_minutes is not None and time.time() - t_start > 60 * max_minutes
     for i, (job, evs) in enumerate(todo):
@@ -1128,8 +1122,8 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
             if over(): complete = False; break
             log(f"[{i + 1}/{len(todo)}] evaluate {ev.name} · {job.arm.name} seed {job.seed} — {eta}")
             t0 = time.time()
-            for rec in _evaluate_or_reuse(job, ev, model, evaluated, protocols[ev.name], folder, results, progress, log):
-                found.setdefault((ev.name, rec.method, rec.seed, job.target(ev)), []).append(rec); made.append(rec.key)
+            for rec in _evaluate_or_reuse(job, ev, model, evaluated, protocols[ev.name], folder, known, progress, log):
+                found.setdefault((ev.name, rec.method, rec.seed, job.target(ev)), []).append(rec); made.append(rec.key); known.append(rec)
             seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(w.ev_kind(job, ev), seconds[f"evaluate {ev.name}"][-1])
         if not complete: break
     if not complete: log(f"stopped: --max-minutes {max_minutes:g} reached; the same command goes on from here")

@@ -60,6 +60,19 @@ def test_micro_run_is_incremental_and_resumable(tmp_path):
     s3 = run_leaderboard('micro', ['clean-ft'], ['nim'], max_minutes=0, **kw)
     assert s3['done'] == 0 and s3['todo'] == 1
 
+def test_micro_de3_job_records_the_defended_pipeline(tmp_path):
+    "The randomized track's De³ job end to end: NIM pretraining → De³ fine-tuning → the eval-mode pipeline, 1 and 5 passes."
+    kw = dict(root=tmp_path / 'results', out=tmp_path / 'runs', progress=False, log=lambda *_: None, seeds=[0])
+    s = run_leaderboard('micro', ['randomized'], ['de3'], **kw)
+    recs = load_records(tmp_path / 'results')
+    assert s['done'] == 1 and len(recs) == 2 and all(check_record(r) == [] for r in recs)
+    assert sorted(r.extra.get('passes') for r in recs) == [1, 5]
+    for r in recs:
+        sigma = [j for j in plan_jobs('micro', ['randomized'], ['de3'], kw['out'], seeds=[0])][0].sigma
+        assert {k: v for k, v in r.evaluated.items() if k in ('defense', 'sigma')} == {'defense': 'de3', 'sigma': sigma}
+        assert [x['recipe'] for x in r.evaluated['runs']] == ['nim', 'de3']       # denoiser first, then the classifier
+    assert run_leaderboard('micro', ['randomized'], ['de3'], **kw)['todo'] == 0
+
 def test_cli_leaderboard(tmp_path):
     rng = np.random.default_rng(0)
     for m in ('mae', 'other'):

@@ -161,3 +161,21 @@ def test_no_typed_result_numbers_in_prose(name):
     bad = offending(notebooks()[name])
     if bad and name in PENDING: pytest.xfail(f"{PENDING[name]}:\n" + '\n'.join(bad))
     assert not bad, f"{len(bad)} typed result numbers in {name}'s prose (render them from results, or remove them):\n" + '\n'.join(bad)
+
+# The README: its tables between `<!-- name:start -->` and `<!-- name:end -->` are generated from records and benchmark
+# results (checked against their generators in test_readme_leaderboard.py and test_bench.py); its prose follows the rule.
+README_SETTINGS = ['Python ≥ 3.10', 'e.g. {"mask_ratio": 0.75}', 'e.g. 0.75;', 'at most 8 minutes']
+
+def readme_prose(text:str) -> str:
+    "The README without its generated blocks."
+    return re.sub(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", " ", text, flags=re.S)
+
+def test_readme_prose_has_no_typed_results():
+    "Fails on a result typed into the README (outside its generated tables), e.g. 'De³ reaches 69.4 % robust'."
+    assert typed_numbers(readme_prose("x <!-- t:start -->| a | 85.6 |<!-- t:end --> De³ reaches 69.4 % robust.")) == \
+        [('69.4 %', 'x De³ reaches 69.4 % robust.')]
+    text = (ROOT / 'README.md').read_text()
+    missing = [p for p in README_SETTINGS if p not in readme_prose(text)]
+    assert not missing, f"README settings no longer in its prose (remove them from README_SETTINGS): {missing}"
+    bad = typed_numbers(readme_prose(text), README_SETTINGS)
+    assert not bad, "typed result numbers in README.md's prose (generate them from records):\n" + '\n'.join(f"{n} — {s[:160]}" for n, s in bad)
