@@ -1,0 +1,62 @@
+"""Re-certify records after a code change: compare the per-sample flags of re-made records with those they replace.
+
+    python tools/compare_records.py NEW OLD [--all]
+
+NEW and OLD are trees of result records laid out as `results/` is (the leaderboard's `<protocol>/*.json` and the grids'
+`reproduce/<paper>/<scale>-<dataset>/<protocol>/*.json`). A record of NEW is matched to the record of OLD at the same
+relative path, whose file stem names the protocol, the method with its pass rule, the seed and what was evaluated (run
+hashes and test samples). For each pair it prints, per metric, the accuracy under both and how many samples' flags differ.
+Exit status 1 when any pair differs in a flag, when their protocol settings differ, or (with --all) when a record of
+OLD has no re-made twin in NEW; 0 otherwise. Identical flags are the evidence that a change did not move a number.
+"""
+import argparse, sys
+from pathlib import Path
+import numpy as np
+
+
+def by_key(folder) -> dict:
+    "{path relative to `folder`: record} of every record in the tree under `folder`."
+    from mimbench.results import ResultRecord
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): ResultRecord.load(p) for p in sorted(folder.rglob('*.json'))} if folder.exists() else {}
+
+
+def differences(new, old) -> list:
+    "[(metric, accuracy new, accuracy old, samples whose flag differs)] for the metrics either record has flags for."
+    from mimbench.results import unpack_flags
+    out = []
+    for m in sorted(set(new.flags) | set(old.flags)):
+        if m not in new.flags or m not in old.flags:
+            out.append((m, new.metrics.get(m), old.metrics.get(m), None)); continue
+        a, b = unpack_flags(new.flags[m]), unpack_flags(old.flags[m])
+        out.append((m, float(a.mean()), float(b.mean()), int((a != b).sum()) if len(a) == len(b) else None))
+    return out
+
+
+def compare(new_dir, old_dir, require_all:bool=False, log=print) -> int:
+    "Print the comparison of the records under `new_dir` with those under `old_dir`; the exit status."
+    new, old = by_key(new_dir), by_key(old_dir)
+    if not new: log(f"no records under {new_dir}"); return 1
+    bad = 0
+    for key in sorted(new):
+        if key not in old: log(f"new     {key} (no record of that evaluation under {old_dir})"); continue
+        if new[key].protocol['hash'] != old[key].protocol['hash']:
+            log(f"DIFFERS {key}: protocol settings {old[key].protocol['hash']} → {new[key].protocol['hash']}"); bad += 1; continue
+        diffs = differences(new[key], old[key])
+        moved = [d for d in diffs if d[3] != 0]
+        bad += bool(moved)
+        log(f"{'DIFFERS' if moved else 'same   '} {key}: " + ', '.join(
+            f"{m} {100 * a:.1f} vs {100 * b:.1f}" + ('' if n == 0 else f" ({'?' if n is None else n} samples differ)")
+            if a is not None and b is not None else f"{m} only in one" for m, a, b, n in diffs))
+    missing = sorted(set(old) - set(new))
+    for key in missing: log(f"{'MISSING' if require_all else 'not re-made'} {key}")
+    log(f"{len(set(new) & set(old))} pairs compared, {bad} differ; {len(missing)} of {len(old)} old records not re-made")
+    return int(bool(bad) or (require_all and bool(missing)))
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('new'); p.add_argument('old')
+    p.add_argument('--all', action='store_true', help='fail when a record of OLD has no re-made twin in NEW')
+    a = p.parse_args()
+    sys.exit(compare(a.new, a.old, a.all))
