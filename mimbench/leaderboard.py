@@ -18,7 +18,7 @@ from .corruptions import mca_table
 # %% auto #0
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
            'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
-           'TimeLeft', 'pending_runs', 'defended', 'run_leaderboard', 'cli_leaderboard']
+           'TimeLeft', 'pending_runs', 'defended', 'covered', 'run_leaderboard', 'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -391,6 +391,14 @@ def defended(defense:str, denoiser, classifier, **args) -> tuple:
     from mimbench.defenses import build_defense
     model = build_defense(defense, str(denoiser), str(classifier), **args).eval()
     return model, {'runs': [describe_run(denoiser), describe_run(classifier)], 'defense': defense, **args}
+
+def covered(jobs:list, records:list, scale) -> list:
+    """The planned `jobs` that have a current record of their protocol (same settings), method and seed. Matched by
+    those, not by run hashes: a De³ fine-tune's run hash still depends on the run folder it was trained in (a known bug,
+    the xfail in tests/test_train.py), so `run_leaderboard` with another `out` would list De³'s seeds again."""
+    scale = SCALES[scale] if isinstance(scale, str) else scale
+    have = {(r.protocol['name'], r.protocol['hash'], r.method.split(' [')[0], r.seed) for r in records if not r.is_stale()}
+    return [j for j in jobs if (j.protocol, scaled_protocol(j.protocol, scale).settings_hash(), j.label, j.seed) in have]
 
 def _existing(records, job:Job, scale:Scale, run_hash:str):
     "The current record of `job`, if one exists."

@@ -34,7 +34,7 @@ def test_partial_leaderboard_is_rendered_and_labelled(tmp_path):
     assert rl.main(['--results', str(res), '--readme', str(readme)]) == 0
     text = readme.read_text()
     assert 'old' not in text and text.endswith(f"{rl.END}\n## After\n") and text.count(rl.START) == 1
-    assert f"**Partial**: 0 of the {len(plan_jobs('small'))}" in text       # fake records match no planned run
+    assert f"**Partial**: 4 of the {len(plan_jobs('small'))}" in text       # mae and scratch, seeds 0 and 1 (the stale one not)
     assert '| mae | 2 |' in text and '| scratch | 2 |' in text and 'n = 50 test images per seed' in text
     assert text.count('| method | seeds | mCA (%) |') == 1                # the table's own mCA comparison, once
     assert f"commits {'0' * 10}, {'1' * 10} · " in text                     # every commit of the records shown

@@ -170,6 +170,19 @@ def test_bad_images_for_models():
 def _tiny(tmp_path, **kw):
     return TrainConfig(**{'n_train': 64, 'batch_size': 64, 'epochs': 1, 'out': str(tmp_path / 'runs'), 'progress': False, **kw})
 
+@pytest.mark.xfail(strict=True, reason=(
+    "Known bug, kept visible: run_hash keys `init` by the run (init_key) but hashes run paths inside recipe_args as "
+    "written, so De³'s fine-tune (recipe_args.denoiser = the NIM run's path) gets another hash under another run folder "
+    "and a leaderboard run with another --out misses its records. The fix is in train.py, inside the record digest: it "
+    "lands with the next digest change, when every record is re-made (tools/compare_records.py)."))
+def test_run_hash_does_not_depend_on_the_run_folder():
+    from mimbench.leaderboard import plan_jobs
+    from mimbench.train import run_hash
+    de3 = lambda out: next(j for j in plan_jobs('small', ['randomized'], ['de3'], out, seeds=[0]))
+    a, b = de3('runs'), de3('/elsewhere/runs')
+    assert run_hash(a.pretrain) == run_hash(b.pretrain)                   # holds: no path in a pretraining's config
+    assert run_hash(a.finetune) == run_hash(b.finetune)                   # fails today: the denoiser's path is hashed
+
 def test_finetune_from_a_run_is_keyed_by_the_run_not_its_path(tmp_path, monkeypatch):
     "Fails on the old code: the path string of --init was hashed, so ./runs/x, the absolute path or ../runs/x from another folder missed the cache."
     pre = train(_tiny(tmp_path))
