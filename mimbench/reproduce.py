@@ -141,6 +141,11 @@ _register(Grid('huang', "Huang et al. — MAE's adversarial weakness, adversaria
         Evaluation('ttfp-adaptive', (('apgd-ce', {'steps': 100}), ('ttfp-adaptive', {'mode': 'soft', 'steps': 100}),
                                      ('ttfp-adaptive', {'mode': 'prompts', 'steps': 100})), ('8/255',), 'linf', arms=('mae', 'mae+ttfp'),
                    note='TTFP attacked plainly, with soft prompt selection (selection_tau) and with each of the K prompts fixed.'),
+        Evaluation('ttfp-full', (('apgd-ce', {'steps': 100}), ('ttfp-adaptive', {'mode': 'soft', 'steps': 100}),
+                                 ('ttfp-adaptive', {'mode': 'prompts', 'steps': 100}),
+                                 ('ttfp-adaptive', {'mode': 'transfer', 'steps': 100}), ('square', {'n_queries': 5000})),
+                   ('8/255',), 'linf', arms=('mae', 'mae+ttfp'),
+                   note='ttfp-adaptive plus the gradient-masking checks: APGD-CE transferred from the bare classifier, Square (no gradient).'),
     ),
     comparisons=(
         # Supplementary Table 1 (ImageNet-1K, ViT-B; ε = 0.001 for PGD/MIM/BIM, η = 0.2 for AA): Supervised vs MAE.
@@ -162,6 +167,11 @@ _register(Grid('huang', "Huang et al. — MAE's adversarial weakness, adversaria
                    source="supplementary §A; its result sentence is cut off in the text: no numbers"),
         Comparison('TTFP makes the MAE classifier more robust (adaptive attack)', 'mae+ttfp', 'mae', 'ttfp-adaptive', 'robust@8/255',
                    source='main paper (not in the text): no numbers'),
+        Comparison('TTFP makes the MAE classifier more robust (adaptive, transfer and gradient-free attacks)', 'mae+ttfp', 'mae',
+                   'ttfp-full', 'robust@8/255', source='main paper (not in the text): no numbers; the masking checks are ours'),
+        Comparison("Gradient masking: TTFP's adaptive-attack accuracy exceeds its accuracy once transfer and Square join",
+                   'mae+ttfp', 'mae+ttfp', 'ttfp-adaptive', 'robust@8/255', b_evaluation='ttfp-full',
+                   source='a check, not a claim of the paper: held means the adaptive number was masked'),
     ),
     setting=PaperSetting('base', {224: 16, 32: 2},
         pretrain=dict(epochs=1600, batch_size=4096, blr=1.5e-4, warmup_epochs=40, augment='mae'),

@@ -247,12 +247,13 @@ def load_ttfp(path, classifier=None, features=None) -> TTFP:
     return t.to(model_device(t.classifier)).eval()
 
 # %% ../nbs/12b_ttfp.ipynb #62c1aa7e
-ADAPTIVE_MODES = ('soft', 'prompts')
+ADAPTIVE_MODES = ('soft', 'prompts', 'transfer')
 
 def ttfp_adaptive(model, x, y, eps, norm:str='linf', mode:str='soft', attack:str='apgd-ce', tau:float=0.05, **kw):
-    "Adaptive `attack` on a TTFP: soft prompt selection (`mode='soft'`) or each prompt attacked in turn (`'prompts'`)."
+    "`attack` on a TTFP: soft prompt selection (`'soft'`), each prompt in turn (`'prompts'`), or from the bare classifier (`'transfer'`)."
     if mode not in ADAPTIVE_MODES: raise ValueError(f"ttfp-adaptive mode must be one of {ADAPTIVE_MODES}, got {mode!r}.")
     if not isinstance(model, TTFP): return ATTACKS[attack](model, x, y, eps, norm, **kw)
+    if mode == 'transfer': return ATTACKS[attack](model.classifier, x, y, eps, norm, **kw)
     if mode == 'soft':
         with model.gradients(selection_tau=tau, clip_bpda=True): return ATTACKS[attack](model, x, y, eps, norm, **kw)
     best, alive = x.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)

@@ -87,7 +87,6 @@ def test_reproduce_refuses_a_broken_grid(tmp_path, monkeypatch):
 @pytest.mark.parametrize('paper,arms,evaluation', [
     ('rebuffi', ('mae ld0.75', 'adv-mae l2 0.5 ld0.75'), 'shift'),        # clean flags + mCA in extra
     ('adpe', ('mae', 'mae-plus'), 'linear-probe'),                          # probe flags + attention distance
-    ('huang', ('mae', 'mae+ttfp'), 'ttfp-adaptive'),                        # TTFP defence, adaptive attacks
 ])
 def test_evaluation_kinds(paper, arms, evaluation, tmp_path, monkeypatch):
     monkeypatch.setitem(GRIDS, paper, trimmed(paper, arms, (evaluation,)))
@@ -102,11 +101,25 @@ def test_evaluation_kinds(paper, arms, evaluation, tmp_path, monkeypatch):
     if evaluation == 'linear-probe':
         assert all(set(r.metrics) == {'linear-probe'} and len(r.extra['mean_attention_distance']) == PRESETS['micro'].depth for r in res.records)
         assert all(r.evaluated['runs'][0]['task'] == 'pretrain' for r in res.records)
-    if evaluation == 'ttfp-adaptive':
-        t = by['mae+ttfp']
-        assert t.evaluated['defense'] == 'ttfp' and any('ttfp-adaptive' in str(a) for a in t.protocol['settings']['attacks'])
-        assert list((tmp_path / 'runs' / 'ttfp').glob('*/model.safetensors'))            # prompts cached beside the runs
     assert '**' in res.report.read_text()
+
+def test_ttfp_masking_check(tmp_path, monkeypatch):
+    "TTFP under the adaptive attacks and under the same plus transfer and Square: paired, the extra attacks only remove points."
+    from mimbench.results import unpack_flags
+    monkeypatch.setitem(GRIDS, 'huang', trimmed('huang', ('mae', 'mae+ttfp'), ('ttfp-adaptive', 'ttfp-full')))
+    res = reproduce('huang', 'micro', out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), log=lambda *a: None)
+    by = {(r.protocol['name'], r.method): r for r in res.records}
+    assert set(by) == {(f'huang.{e}', a) for e in ('ttfp-adaptive', 'ttfp-full') for a in ('mae', 'mae+ttfp')}
+    for r in res.records: assert check_record(r) == [], r.key
+    t = by['huang.ttfp-full', 'mae+ttfp']
+    assert t.evaluated['defense'] == 'ttfp' and "'mode': 'transfer'" in str(t.protocol['settings']['attacks'])
+    assert list((tmp_path / 'runs' / 'ttfp').glob('*/model.safetensors'))            # prompts cached beside the runs
+    m = next(k for k in t.flags if k.startswith('robust@'))
+    adaptive, full = (unpack_flags(by[e, 'mae+ttfp'].flags[m]) for e in ('huang.ttfp-adaptive', 'huang.ttfp-full'))
+    assert not (full & ~adaptive).any()                       # same images, same seeds: a superset of attacks never adds a point
+    row = next(r for r in res.rows if r['comparison'].claim.startswith('Gradient masking'))
+    assert (row['evaluation'], row['evaluation_b']) == ('ttfp-adaptive', 'ttfp-full')
+    assert row['test'] == 'mcnemar' and row['only_b'] == 0 and row['only_a'] == int((adaptive & ~full).sum())
 
 def test_reproduce_mimir_micro(tmp_path):
     "The cheapest whole grid (MIMIR: 6 arms, 5 evaluations, 11 runs; ~50 s on one core): a record per (arm, evaluation), verdicts."
