@@ -118,6 +118,8 @@ GRIDS = Registry('paper grid')
 _CE = {'label_smoothing': 0.1}
 _PGD_AT = {}   # PGD-10, ℓ∞ ε 8/255, α 2/255: the pgd-at recipe's defaults (tested below), left implicit as the leaderboard does
 _AA = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+_TTFP_ADAPTIVE = (('apgd-ce', {'steps': 100}), ('ttfp-adaptive', {'mode': 'soft', 'steps': 100}),
+                  ('ttfp-adaptive', {'mode': 'prompts', 'steps': 100}))   # ttfp-full extends it: the masking check pairs the two
 
 def _register(g:Grid) -> Grid: GRIDS[g.paper] = g; return g
 
@@ -138,12 +140,9 @@ _register(Grid('huang', "Huang et al. — MAE's adversarial weakness, adversaria
         Evaluation('cw-l2', (('cw-l2', {'steps': 100}),), ('huang:0.001', 'huang:0.005'), 'l2',
                    note="C&W's budget is not in the supplement; bounded like PGD (ε·√(C·H·W))."),
         Evaluation('aa-l2', ('autoattack',), (0.2, 0.3), 'l2'),
-        Evaluation('ttfp-adaptive', (('apgd-ce', {'steps': 100}), ('ttfp-adaptive', {'mode': 'soft', 'steps': 100}),
-                                     ('ttfp-adaptive', {'mode': 'prompts', 'steps': 100})), ('8/255',), 'linf', arms=('mae', 'mae+ttfp'),
+        Evaluation('ttfp-adaptive', _TTFP_ADAPTIVE, ('8/255',), 'linf', arms=('mae', 'mae+ttfp'),
                    note='TTFP attacked plainly, with soft prompt selection (selection_tau) and with each of the K prompts fixed.'),
-        Evaluation('ttfp-full', (('apgd-ce', {'steps': 100}), ('ttfp-adaptive', {'mode': 'soft', 'steps': 100}),
-                                 ('ttfp-adaptive', {'mode': 'prompts', 'steps': 100}),
-                                 ('ttfp-adaptive', {'mode': 'transfer', 'steps': 100}), ('square', {'n_queries': 5000})),
+        Evaluation('ttfp-full', _TTFP_ADAPTIVE + (('ttfp-adaptive', {'mode': 'transfer', 'steps': 100}), ('square', {'n_queries': 5000})),
                    ('8/255',), 'linf', arms=('mae', 'mae+ttfp'),
                    note='ttfp-adaptive plus the gradient-masking checks: APGD-CE transferred from the bare classifier, Square (no gradient).'),
     ),
