@@ -40,7 +40,8 @@ def device_slug(dev) -> str:
 
 
 def git_commit() -> str:
-    "The commit the code was measured at ('+dirty' when mimbench/ or bench/ differ from it)."
+    "The commit the code was measured at ('+dirty' when mimbench/ or bench/ differ from it); $MIMBENCH_COMMIT where no .git travels."
+    if os.environ.get('MIMBENCH_COMMIT'): return os.environ['MIMBENCH_COMMIT']
     try:
         root = HERE.parent
         c = subprocess.run(['git', 'rev-parse', '--short=10', 'HEAD'], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()

@@ -214,7 +214,8 @@ class Ctx:
 
 def markdown(res) -> str:
     "A short summary of the results file."
-    L = [f"# GPU check — {res['device_name']}" + (' (tiny mode: a smoke test, not a measurement)' if res['tiny'] else ''),
+    L = [f"# GPU check — {res['device_name']}" + (' (tiny mode: a smoke test, not a measurement)' if res['tiny'] else '')
+         + (' — partial: the run stopped after the sections below' if res.get('partial') else ''),
          '', f"torch {res['torch']}, commit {res['commit']}, {res['date']}, {res['total_s']:.0f} s in all.", '',
          '| check | peer | ours | peer\'s | unit | ratio | target | met |', '|---|---|---|---|---|---|---|---|']
     for r in res['rows']:
@@ -244,6 +245,16 @@ def markdown(res) -> str:
     return '\n'.join(L) + '\n'
 
 
+def write(res, out, dev) -> Path:
+    "Write gpu-<device>.json and .md atomically (temp file, then rename); returns the path stem."
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"gpu-{device_slug(dev)}"
+    for path, text in ((stem.with_suffix('.json'), json.dumps(res, indent=1, default=str) + '\n'),
+                       (stem.with_suffix('.md'), markdown(res))):
+        tmp = path.with_name(path.name + '.tmp'); tmp.write_text(text); tmp.replace(path)
+    return stem
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--tiny', action='store_true', help='tiny sizes on the CPU (or --device): a smoke test in seconds')
@@ -262,7 +273,7 @@ def main(argv=None):
     unknown = set(only) - set(SECTIONS)
     if unknown: sys.exit(f"gpu_check: unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     ctx = Ctx(dev, a.tiny, a.clf_dir)
-    res = {**provenance(dev), 'tiny': a.tiny, 'sizes': ctx.s, 'sections': {}, 'rows': []}
+    res = {**provenance(dev), 'tiny': a.tiny, 'sizes': ctx.s, 'sections': {}, 'rows': [], 'partial': True}
     t_all = time.perf_counter()
     for name in only:
         t = time.perf_counter()
@@ -279,12 +290,11 @@ def main(argv=None):
         res['rows'] += [{**x, 'section': name} for x in r.get('rows', [])]
         res['sections'][name] = r
         print(f"[gpu_check] {name}: {r['seconds']:.1f} s" + (' FAILED' if 'error' in r else ''), flush=True)
-    res['total_s'] = time.perf_counter() - t_all
+        res['total_s'] = time.perf_counter() - t_all
+        stem = write(res, a.out, dev)            # after every section: a run killed at its time limit keeps what it measured
     res['load_end'] = provenance(dev)['load']
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"gpu-{device_slug(dev)}"
-    stem.with_suffix('.json').write_text(json.dumps(res, indent=1, default=str) + '\n')
-    stem.with_suffix('.md').write_text(markdown(res))
+    res.pop('partial', None)
+    stem = write(res, a.out, dev)
     print(markdown(res))
     print(f"wrote {stem}.json and {stem}.md ({res['total_s']:.0f} s)")
     failed = [k for k, v in res['sections'].items() if 'error' in v]

@@ -44,6 +44,8 @@ def test_gpu_check_tiny_runs_every_section(tiny_run):
     assert any(r['method'] == 'mimbench' and r['max_dev'] < 1e-6 for r in s['cka']['results'])
     assert all(k.startswith('adpe') for k in s['adpe']['ratio'] if k != 'mae-plus (ape)')
     assert (out / 'gpu-cpu.md').read_text().startswith('# GPU check')
+    assert 'partial' not in res and 'partial' not in (out / 'gpu-cpu.md').read_text().splitlines()[0]
+    assert not list(out.glob('*.tmp'))          # the atomic writes left no temp file behind
     # tiny results never reach the README's table
     assert speed_table.load(out) == []
 
@@ -131,3 +133,14 @@ def test_forward_floor_charges_gradients_and_skips_empty_stages(monkeypatch):
            'autoattack torchattacks': {'time': 3 * f['seconds'], 'by_stage': by_stage}}
     attacks.add_floor(res, m, (1, 16, 16))
     assert 1.5 < res['autoattack ours']['over_floor'] < 2.5 and 2.0 < res['max_ratio'] < 4.5
+
+
+def test_gpu_check_marks_a_run_cut_short(tmp_path, tiny_run):
+    "The file written after each section says 'partial' until the last one is done (a run killed at its limit keeps it)."
+    _, out = tiny_run
+    res = json.loads((out / 'gpu-cpu.json').read_text())
+    gc = _load('gpu_check')
+    sys.path[:] = [q for q in sys.path if Path(q).resolve() != ROOT / 'bench']   # its import put bench/ on the path
+    stem = gc.write({**res, 'partial': True}, tmp_path, 'cpu')
+    assert json.loads(stem.with_suffix('.json').read_text())['partial'] is True
+    assert 'partial' in stem.with_suffix('.md').read_text().splitlines()[0]
