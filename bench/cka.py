@@ -107,6 +107,12 @@ def compare(n=2000, batch=100, preset='tiny', patch=4, threads=None, methods=MET
             if verbose:
                 print(f"  {mode:5} {meth:12} {res[meth, mode]['time']:7.2f} s wall {res[meth, mode]['cpu_s']:7.2f} s CPU  "
                       f"peak {res[meth, mode]['peak_mb']:7.0f} MB", flush=True)
+    rows, col = summarize(res, modes)
+    return res, rows, col
+
+
+def summarize(res:dict, modes) -> tuple:
+    "Rows per (mode, method) from the subprocesses' results, and the row column the ratios use ('wall_s' on CUDA, 'cpu_s' on CPU)."
     ok = {k: v for k, v in res.items() if 'error' not in v}
     r0 = next(iter(ok.values()), {'device': 'cpu'})
     # on a shared CPU, process CPU time (all threads) is the contention-robust measure; on CUDA, wall time
@@ -121,7 +127,7 @@ def compare(n=2000, batch=100, preset='tiny', patch=4, threads=None, methods=MET
             rows.append({'mode': mode, 'method': meth, 'wall_s': r['time'], 'cpu_s': r['cpu_s'],
                          'per_forward': r[key] / fw[key] if fw else float('nan'), 'vs_ours': r[key] / ours[key] if ours else float('nan'),
                          'peak_mb': r['peak_mb'], 'extra_mb': r['peak_mb'] - r['base_mb'], 'max_dev': dev})
-    return res, rows, key
+    return rows, 'wall_s' if key == 'time' else 'cpu_s'
 
 
 def main():
@@ -141,7 +147,7 @@ def main():
     r0 = next(v for v in res.values() if 'error' not in v)
     print(f"\n{a.preset} ViT, patch {a.patch}, 32×32, {a.n} images, batch {a.batch}, {r0['device']}, {r0['threads']} threads, "
           f"load {load0} → {load_average()}")
-    print(f"ratios use {'wall' if key == 'time' else 'process CPU'} time")
+    print(f"ratios use {'wall' if key == 'wall_s' else 'process CPU'} time")
     print(f"{'mode':6}{'method':13}{'wall s':>8}{'CPU s':>8}{'/forward':>10}{'vs ours':>9}{'peak MB':>9}{'+MB':>7}{'max|Δ| vs f64':>15}")
     for r in rows:
         print(f"{r['mode']:6}{r['method']:13}{r['wall_s']:8.2f}{r['cpu_s']:8.2f}{r['per_forward']:10.2f}{r['vs_ours']:9.2f}"

@@ -237,12 +237,28 @@ def markdown(res) -> str:
         L += ['', 'AutoAttack image forwards by attack, in units of the batch: ' +
               '; '.join(f"{k}: " + ', '.join(f"{st} {v['forward_cost']:.0f}" for st, v in a[k]['by_stage'].items())
                         for k in ('autoattack ours', 'autoattack torchattacks'))]
+    kept = {k: v['from'] for k, v in s.items() if 'from' in v}
+    if kept: L += ['', 'Sections kept from an earlier run (`--merge`): ' +
+                   '; '.join(f"{k} (commit {f['commit']}, {f['date']}, torch {f['torch']})" for k, f in kept.items())]
     bad = {k: v['error'].strip().splitlines()[-1] for k, v in s.items() if 'error' in v}
     skipped = [k for k, v in s.items() if 'skipped' in v]
     if skipped: L += ['', '**Skipped (time budget):** ' + ', '.join(skipped)]
     if bad: L += ['', '**Failed sections:** ' + '; '.join(f"{k}: {v}" for k, v in bad.items())]
     L += ['', f"Section times (s): " + ', '.join(f"{k} {v['seconds']:.0f}" for k, v in s.items())]
     return '\n'.join(L) + '\n'
+
+
+def kept_from(path, res:dict, only) -> dict:
+    "`res` with the sections of the earlier results file `path` that this run does not measure, each marked with its run."
+    prev = json.loads(Path(path).read_text())
+    for k in ('device', 'tiny', 'sizes'):
+        if json.dumps(prev.get(k), default=str) != json.dumps(res[k], default=str):
+            sys.exit(f"gpu_check: --merge {path}: its {k} ({prev.get(k)}) differs from this run's ({res[k]}); merge only runs of one device and size")
+    keep = [k for k in prev['sections'] if k not in only]
+    run = {k: prev[k] for k in ('commit', 'date', 'torch')}
+    res['sections'] = {k: {**prev['sections'][k], 'from': prev['sections'][k].get('from', run)} for k in keep}
+    res['rows'] = [r for r in prev['rows'] if r.get('section') in keep]
+    return res
 
 
 def write(res, out, dev) -> Path:
@@ -262,6 +278,8 @@ def main(argv=None):
     ap.add_argument('--out', default=str(RESULTS), help='folder of gpu-<device>.json and .md')
     ap.add_argument('--only', default=','.join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument('--clf-dir', default=None, help='run folder of the fine-tuned classifier (default: the temp folder)')
+    ap.add_argument('--merge', default=None, help="an earlier results file of this device: its sections not in --only are kept "
+                                                  "(each marked with that run's commit and date), e.g. to re-run one failed section")
     ap.add_argument('--budget', type=float, default=450., help='seconds after which the remaining sections are skipped')
     a = ap.parse_args(argv)
     dev = torch.device(a.device or ('cpu' if a.tiny else 'cuda'))
@@ -274,6 +292,7 @@ def main(argv=None):
     if unknown: sys.exit(f"gpu_check: unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     ctx = Ctx(dev, a.tiny, a.clf_dir)
     res = {**provenance(dev), 'tiny': a.tiny, 'sizes': ctx.s, 'sections': {}, 'rows': [], 'partial': True}
+    if a.merge: res = kept_from(a.merge, res, only)
     t_all = time.perf_counter()
     for name in only:
         t = time.perf_counter()
@@ -290,8 +309,9 @@ def main(argv=None):
         res['rows'] += [{**x, 'section': name} for x in r.get('rows', [])]
         res['sections'][name] = r
         print(f"[gpu_check] {name}: {r['seconds']:.1f} s" + (' FAILED' if 'error' in r else ''), flush=True)
-        res['total_s'] = time.perf_counter() - t_all
+        res['total_s'] = sum(v['seconds'] for v in res['sections'].values())
         stem = write(res, a.out, dev)            # after every section: a run killed at its time limit keeps what it measured
+    res['total_s'] = sum(v['seconds'] for v in res['sections'].values())
     res['load_end'] = provenance(dev)['load']
     res.pop('partial', None)
     stem = write(res, a.out, dev)

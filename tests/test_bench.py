@@ -144,3 +144,36 @@ def test_gpu_check_marks_a_run_cut_short(tmp_path, tiny_run):
     stem = gc.write({**res, 'partial': True}, tmp_path, 'cpu')
     assert json.loads(stem.with_suffix('.json').read_text())['partial'] is True
     assert 'partial' in stem.with_suffix('.md').read_text().splitlines()[0]
+
+
+def test_cka_rows_use_a_column_the_rows_have():
+    "On CUDA the ratios use wall time: the returned column must exist in every row (a KeyError on the H200 run, 07fa804)."
+    cka = _load('cka')
+    sys.path[:] = [q for q in sys.path if Path(q).resolve() != ROOT / 'bench']
+    for device, col in (('cuda', 'wall_s'), ('cpu', 'cpu_s')):
+        one = lambda t, c: {'device': device, 'time': t, 'cpu_s': c, 'peak_mb': 10., 'base_mb': 5., 'cka': [[1.0]]}
+        res = {('forward', 'cross'): one(1., 4.), ('mimbench', 'cross'): one(2., 6.), ('pytorch-cka', 'cross'): one(4., 18.),
+               ('reference', 'cross'): one(8., 8.)}
+        rows, key = cka.summarize(res, ['cross'])
+        by = {r['method']: r for r in rows}
+        assert key == col and all(key in r for r in rows)
+        want = (2., 2.) if device == 'cuda' else (1.5, 3.)       # mimbench / forward, pytorch-cka / mimbench
+        assert (by['mimbench']['per_forward'], by['pytorch-cka']['vs_ours']) == want
+
+
+def test_gpu_check_merge_reruns_one_section(tmp_path, tiny_run):
+    "`--merge` re-measures the named section and keeps the others, each marked with the run that measured it."
+    _, out = tiny_run
+    prev = json.loads((out / 'gpu-cpu.json').read_text())
+    p = subprocess.run([sys.executable, str(ROOT / 'bench' / 'gpu_check.py'), '--tiny', '--only', 'de3', '--out', str(tmp_path),
+                        '--merge', str(out / 'gpu-cpu.json')], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((tmp_path / 'gpu-cpu.json').read_text())
+    assert set(res['sections']) == SECTIONS and 'from' not in res['sections']['de3']
+    assert all(res['sections'][k]['from']['date'] == prev['date'] for k in SECTIONS - {'de3'})
+    assert res['rows'] == prev['rows']                         # de3 has no rows: every row is the earlier run's
+    assert 'kept from an earlier run' in (tmp_path / 'gpu-cpu.md').read_text()
+    bad = dict(prev, sizes={'other': 1}); (tmp_path / 'bad.json').write_text(json.dumps(bad))
+    p = subprocess.run([sys.executable, str(ROOT / 'bench' / 'gpu_check.py'), '--tiny', '--only', 'de3', '--out', str(tmp_path / 'x'),
+                        '--merge', str(tmp_path / 'bad.json')], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode != 0 and 'sizes' in p.stderr and not (tmp_path / 'x').exists()
