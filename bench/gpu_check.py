@@ -221,7 +221,9 @@ def sec_widgets(ctx):
     n_steps = len(w.trace)                       # stepping through the recorded iterations: a new value every frame
     out['attack step (render)'] = med(frames(w, lambda i: setattr(w.step, 'value', (w.step.value + 1) % n_steps), reps))
     out['attack re-run (PGD-10, ε change)'] = med(frames(w, lambda i: setattr(w.eps, 'value', 4. + (i % 4) + 1), reps))
-    return {'median_ms': out, 'target_ms': 100, 'ok': {k: v < 100 for k, v in out.items()}, 'rows': []}
+    rows = [row(f"Widget frame, slider to picture: {k} (median of {reps})", 'none (latency target)', v, None, 'ms', None, '< 100 ms',
+                v < 100) for k, v in out.items()]
+    return {'median_ms': out, 'target_ms': 100, 'ok': {k: v < 100 for k, v in out.items()}, 'rows': rows}
 
 
 # cheapest first: when the budget runs out, the long comparisons against peers are what is skipped

@@ -19,9 +19,9 @@ from .defenses import De3, reconstruct, psnr, plot_sweep, sigma_sweep
 from .frequency import spectrum
 
 # %% auto #0
-__all__ = ['CONTROL_SPECS', 'QUICK_SWEEP', 'EXPLORER_ATTACKS', 'to_png', 'figure_png', 'prob_html', 'Explorer', 'Panels',
-           'resolve_model', 'ReconstructionExplorer', 'SweepPlot', 'load_sweep', 'quick_sweep', 'De3Explorer',
-           'Recorder', 'AttackExplorer', 'demo_de3']
+__all__ = ['CONTROL_SPECS', 'QUICK_SWEEP', 'EXPLORER_ATTACKS', 'to_png', 'figure_png', 'canvas_png', 'prob_html', 'Explorer',
+           'Panels', 'resolve_model', 'ReconstructionExplorer', 'SweepPlot', 'load_sweep', 'quick_sweep', 'De3Explorer',
+           'Recorder', 'LossPlot', 'AttackExplorer', 'demo_de3']
 
 # %% ../nbs/30_widgets.ipynb #1198b2a9
 def to_png(img, scale:int=4, cmap:str|None=None, vmin=None, vmax=None) -> bytes:
@@ -46,6 +46,12 @@ def to_png(img, scale:int=4, cmap:str|None=None, vmin=None, vmax=None) -> bytes:
 def figure_png(fig, dpi=None) -> bytes:
     "PNG bytes of a matplotlib `Figure` (drawn on its own Agg canvas: safe off the main thread)."
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); return buf.getvalue()
+
+def canvas_png(canvas) -> bytes:
+    "PNG bytes of what an Agg `canvas` holds now, without drawing it again (for blitted frames)."
+    from PIL import Image
+    buf = io.BytesIO(); Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buf, 'PNG', compress_level=1)
+    return buf.getvalue()
 
 # %% ../nbs/30_widgets.ipynb #33c471bb
 def prob_html(probs, classes, true:int|None=None, top:int=5) -> str:
@@ -267,13 +273,11 @@ class SweepPlot:
     def nearest(self, sigma) -> dict: return min(self.rows, key=lambda r: abs(r['sigma'] - sigma))
 
     def png(self, sigma) -> bytes:
-        from PIL import Image
         r = self.nearest(sigma)
         self.canvas.restore_region(self.background)
         self.marker.set_data([r['clean']], [r['robust']]); self.line.set_xdata([sigma, sigma])
         self.axes[0].draw_artist(self.marker); self.axes[1].draw_artist(self.line)
-        buf = io.BytesIO(); Image.fromarray(np.asarray(self.canvas.buffer_rgba())[..., :3]).save(buf, 'PNG', compress_level=1)
-        return buf.getvalue()
+        return canvas_png(self.canvas)
 
 # %% ../nbs/30_widgets.ipynb #a07644dd
 def load_sweep(sweep):
@@ -430,6 +434,37 @@ def _attack_kwargs(spec, steps):
 
 EXPLORER_ATTACKS = ('pgd', 'fgsm', 'bim', 'mifgsm', 'pgd-margin', 'apgd-ce', 'apgd-dlr', 'square')
 
+# %% ../nbs/30_widgets.ipynb #1c75809a
+class LossPlot:
+    "The loss at every recorded step on one Agg canvas: `set_trace` draws the curve, `png(i)` only the marker at step `i` (blitting)."
+    def __init__(self, figsize=(5, 1.8), dpi=80):
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        self.fig = Figure(figsize=figsize, dpi=dpi); self.canvas = FigureCanvasAgg(self.fig)
+        self.ax = ax = self.fig.subplots()
+        self.pars = self.fig.subplotpars.to_dict()
+        self.curve, = ax.plot([], [], '.-', lw=1, ms=3, label='CE loss')
+        self.wrong, = ax.plot([], [], 'rx', ms=4, label='misclassified')
+        self.line = ax.axvline(0, color='r', lw=1, animated=True)
+        for sp in ax.spines.values(): sp.set_animated(True)               # a full draw puts them over the marker
+        ax.set_xlabel('recorded step (forward pass)'); ax.set_ylabel('loss'); ax.grid(alpha=.3)
+
+    def set_trace(self, losses, wrong=()):
+        "Draw the background: the `losses`, the `wrong` (misclassified) steps marked, axes and layout fitted to them."
+        self.curve.set_data(range(len(losses)), losses); self.wrong.set_data(wrong, [losses[k] for k in wrong])
+        self.line.set_xdata([0, 0]); self.ax.relim(); self.ax.autoscale_view()
+        self.legend = self.ax.legend(handles=[self.curve, self.wrong][:1 + bool(len(wrong))], fontsize=7, loc='best')
+        self.legend.set_animated(True)
+        self.fig.subplots_adjust(**self.pars); self.fig.tight_layout()    # from the default layout, as a new figure
+        self.canvas.draw(); self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+
+    def png(self, i:int) -> bytes:
+        "PNG bytes of the plot with the marker at step `i`."
+        self.canvas.restore_region(self.background)
+        self.line.set_xdata([i, i])
+        for a in [self.line, *self.ax.spines.values(), self.legend]: self.ax.draw_artist(a)
+        return canvas_png(self.canvas)
+
 # %% ../nbs/30_widgets.ipynb #7851e4eb
 class AttackExplorer(Explorer):
     "Step through an attack on one image: adversarial image, amplified perturbation, its spectrum, prediction and loss per step."
@@ -451,6 +486,7 @@ class AttackExplorer(Explorer):
         self.norm.observe(self._norm_changed, names='value')
         self.panels = Panels(['clean', 'adversarial', 'perturbation', 'spectrum'], width=32 * scale)
         self.probs, self.loss_image = W.HTML(), W.Image(format='png', layout=W.Layout(width='400px'))
+        self.loss_plot = LossPlot()
         self.trace, self.view, self._key = [], {}, None
         self.watch(self.attack, self.norm, self.eps, self.steps, self.index, self.seed, self.step)
         self.widget.children = [W.HBox([self.attack, self.norm]), W.HBox([self.eps, self.steps]),
@@ -479,6 +515,8 @@ class AttackExplorer(Explorer):
         trace = [(x, clean)] + [(xa[:1], lo[:1]) for xa, lo in rec.trace if len(xa)] + [(x_adv, final)]
         self.trace = [{'x_adv': xa[0].cpu(), 'logits': lo[0].cpu(), 'loss': F.cross_entropy(lo, y).item()} for xa, lo in trace]
         self._x, self._y = x[0].cpu(), int(y[0])
+        self.loss_plot.set_trace([t['loss'] for t in self.trace],
+                                 [k for k, t in enumerate(self.trace) if int(t['logits'].argmax()) != self._y])
 
     def update(self):
         key = (self.attack.value, self.norm.value, self.epsilon, self.steps.value, self.index.value, self.seed.value)
@@ -497,22 +535,10 @@ class AttackExplorer(Explorer):
         self.panels.set('spectrum', to_png(spectrum(delta, 'backward').log1p(), self.scale, cmap='viridis'))   # log-magnitude
         probs = t['logits'].softmax(0)
         self.probs.value = prob_html(probs, self.classes, self._y)
-        self.loss_image.value = self._plot_loss(i)
+        self.loss_image.value = self.loss_plot.png(i)
         norm = delta.abs().max().item() if self.norm.value == 'linf' else delta.norm().item()
         self.view = {'step': i, 'steps': len(self.trace), 'x_adv': t['x_adv'], 'delta': delta, 'loss': t['loss'],
                      'pred': int(probs.argmax()), 'label': self._y, 'norm': norm, 'probs': probs}
-
-    def _plot_loss(self, i) -> bytes:
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(5, 1.8), dpi=80)
-        ax = fig.subplots()
-        losses = [t['loss'] for t in self.trace]
-        wrong = [k for k, t in enumerate(self.trace) if int(t['logits'].argmax()) != self._y]
-        ax.plot(losses, '.-', lw=1, ms=3, label='CE loss')
-        if wrong: ax.plot(wrong, [losses[k] for k in wrong], 'rx', ms=4, label='misclassified')
-        ax.axvline(i, color='r', lw=1); ax.set_xlabel('recorded step (forward pass)'); ax.set_ylabel('loss')
-        ax.legend(fontsize=7, loc='best'); ax.grid(alpha=.3); fig.tight_layout()
-        return figure_png(fig)
 
     def summary(self):
         v = self.view
