@@ -53,6 +53,33 @@ def measure(preset='micro', batch=128, steps=10, rounds=5, img=32, patch=4, crop
             'crops': crops, 'amp': amp and dev.type == 'cuda'}
 
 
+def profile(preset='micro', batch=128, img=32, patch=4, crops=4, chans=1, amp=False, device=None, cases=('mae-plus (rpe)', 'adpe-rpe-coord'),
+            steps=3, top=15) -> dict:
+    "torch.profiler tables (top operators by device time on CUDA, CPU time otherwise) of `steps` training steps per case."
+    from torch.profiler import ProfilerActivity, profile as prof
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    torch.manual_seed(0)
+    x = torch.rand(batch, chans, img, img, device=dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
+    sort = 'self_cuda_time_total' if dev.type == 'cuda' else 'self_cpu_time_total'
+    out = {}
+    for name, recipe, kw in [c for c in CASES if c[0] in cases]:
+        if issubclass(PRETEXTS[recipe], AdPEPretext): kw = {'crops': crops, **kw}
+        p = PRETEXTS[recipe](**kw)
+        m = p.create_model(preset, img, patch, chans).to(dev).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        def step():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == 'cuda'):
+                loss = p.loss(m, x)['loss']
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        for _ in range(3): step()
+        with prof(activities=acts) as pr:
+            for _ in range(steps): step()
+            if dev.type == 'cuda': torch.cuda.synchronize()
+        out[name] = pr.key_averages().table(sort_by=sort, row_limit=top)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--preset', default='micro'); ap.add_argument('--batch', type=int, default=128)
@@ -62,8 +89,14 @@ def main():
     ap.add_argument('--amp', action='store_true', help='bf16 autocast (CUDA), as the trainer does')
     ap.add_argument('--device', default=None)
     ap.add_argument('--save', action='store_true', help='write bench/results/adpe-<device>.json for the speed table')
+    ap.add_argument('--profile', nargs='*', default=None, metavar='CASE',
+                    help="instead of timing: torch.profiler's top operators per case (default: mae-plus (rpe), adpe-rpe-coord)")
     a = ap.parse_args()
     dev = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if a.profile is not None:
+        for k, t in profile(a.preset, a.batch, a.img, a.patch, a.crops, a.chans, a.amp, dev, a.profile or ('mae-plus (rpe)', 'adpe-rpe-coord')).items():
+            print(f"== {k}\n{t}")
+        return
     r = measure(a.preset, a.batch, a.steps, a.rounds, a.img, a.patch, a.crops, a.chans, a.amp, dev)
     ms = r['ms_per_step']
     print(f"device {dev} ({device_name(dev)}), load {load_average()}, "
