@@ -160,6 +160,9 @@ _register(Grid('huang', "Huang et al. — MAE's adversarial weakness, adversaria
                    83.6, 81.8, source='supplementary Table 1, Clean Acc'),
         Comparison('Adversarial BERT-pretraining beats MAE on C&W-ℓ2', 'adv-bert', 'mae', 'cw-l2', 'robust@huang:0.001',
                    source="supplementary §C cites the main paper's Table 3, which is not in the text: no numbers"),
+        Comparison('Adversarial BERT-pretraining beats MAE on ℓ2 AutoAttack', 'adv-bert', 'mae', 'aa-l2', 'robust@0.2',
+                   source="ours, registered 2026-11-30 after seed 0 was seen (there it was a post-hoc test); seeds 1-2 are its test. "
+                          "The paper reports adversarial BERT-pretraining against C&W-ℓ2 only"),
         Comparison('Adversarial BERT-pretraining also raises clean accuracy', 'adv-bert', 'mae', None, 'clean',
                    source="supplementary §C ('both clean classification accuracy and adversarial robustness are boosted'); numbers in the main paper's Table 3, not here"),
         Comparison('The perceptual loss makes MAE more robust', 'perceptual-mae', 'mae', 'aa-l2', 'robust@0.2',
