@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.mimbench-installed
 
-.PHONY: install demo test lab export check-export nbtest pytest browser-deps bench bench-deps gpu-check gpu-check-tiny speed-table clean-runs
+.PHONY: install demo test lab export check-export nbtest pytest browser-deps bench bench-deps gpu-check gpu-check-tiny gpu-wheels speed-table clean-runs
 
 install: $(STAMP)
 $(STAMP): settings.ini setup.py
@@ -53,6 +53,19 @@ bench: bench-deps
 gpu-check: bench-deps
 	$(BIN)/python bench/gpu_check.py
 	$(BIN)/python bench/speed_table.py
+
+# For a GPU machine without a package index (torch, timm, matplotlib, safetensors taken from its image): the other
+# packages gpu_check imports, as wheels in .whl/ for GPU_PY. There: pip install --no-index --no-deps --target /tmp/site
+# .whl/*.whl, then PYTHONPATH=/tmp/site:$$PWD MIMBENCH_COMMIT=<commit> python3 bench/gpu_check.py (no .git travels).
+GPU_PY ?= 3.12
+GPU_WHEELS = fastcore==1.14.5 ipywidgets==8.1.9 comm==0.2.3 widgetsnbextension==4.0.16 jupyterlab_widgets==3.0.17 \
+	traitlets==5.16.1 ipython==9.18.1 ipython_pygments_lexers==1.1.1 jedi==0.20.1 parso==0.8.7 matplotlib-inline==0.2.2 \
+	pexpect==4.9.0 ptyprocess==0.7.0 prompt_toolkit==3.0.53 wcwidth==0.9.4 stack-data==0.6.3 asttokens==3.0.2 \
+	executing==2.3.0 pure_eval==0.2.4 decorator==5.3.1 torchattacks==3.5.1 lightly==1.6.0 pytorch-cka==1.1.3 torch-cka==0.21 captum==0.9.0
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	  -d .whl $(GPU_WHEELS)
 
 # The same script at tiny sizes on CPU (seconds to a minute or two); `make test` runs it through tests/test_bench.py.
 gpu-check-tiny: install
