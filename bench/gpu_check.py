@@ -20,15 +20,9 @@ The JSON records device name, torch version, date and git commit; `rows` feed th
 until the last), so a run killed at a time limit keeps what it measured; `--merge FILE --only S` re-measures section S
 and keeps the others of FILE, each marked with the run that measured it.
 
-On a GPU machine without a package index (how the 2026-11-30 H200 run was made, 197 s for all sections; `make gpu-wheels`
-downloads the wheels listed below, pinned): its own torch,
-timm, matplotlib and safetensors were used; the rest travelled as wheels downloaded here with
-`pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 --platform any -d .whl`
-for fastcore ipywidgets comm widgetsnbextension jupyterlab_widgets traitlets ipython ipython_pygments_lexers jedi parso
-matplotlib-inline pexpect ptyprocess prompt_toolkit wcwidth stack-data asttokens executing pure_eval decorator
-torchattacks==3.5.1 lightly==1.6.0 pytorch-cka torch-cka captum, then there:
-`pip install --no-index --no-deps --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site:$PWD MIMBENCH_COMMIT=<commit> python3 bench/gpu_check.py`
-($MIMBENCH_COMMIT because no .git travels with the copy).
+On a GPU machine without a package index (how the 2026-11-30 H200 run was made: 197 s for all sections), its own
+torch, timm, matplotlib and safetensors serve; `make gpu-wheels` downloads the rest, pinned, into .whl/ (the Makefile
+says how to install them there). $MIMBENCH_COMMIT names the commit, since no .git travels with the copy.
 """
 import argparse, json, statistics, sys, time, traceback
 from pathlib import Path
