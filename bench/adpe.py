@@ -23,12 +23,11 @@ CASES = [('mae', 'mae', {}), ('mae-plus (ape)', 'mae-plus', {}), ('adpe-ape-emb'
 BASE = {'adpe-ape-emb': 'mae-plus (ape)', 'adpe-ape-coord': 'mae-plus (ape)', 'adpe-rpe-emb': 'mae-plus (rpe)',
         'adpe-rpe-coord': 'mae-plus (rpe)', 'mae-plus (ape)': 'mae'}
 
-def measure(preset='micro', batch=128, steps=10, rounds=5, img=32, patch=4, crops=4, chans=1, amp=False, device=None, cases=None):
-    "Median ms/step of every case (interleaved rounds) and the ratio of each to its base: dict."
-    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+def build_steps(cases, preset, batch, img, patch, crops, chans, amp, dev):
+    "One training step per case (name → callable), each model built, optimised and warmed up as the trainer would."
     torch.manual_seed(0)
     x = torch.rand(batch, chans, img, img, device=dev)
-    runs = {}
+    out = {}
     for name, recipe, kw in [c for c in CASES if cases is None or c[0] in cases]:
         if issubclass(PRETEXTS[recipe], AdPEPretext): kw = {'crops': crops, **kw}
         p = PRETEXTS[recipe](**kw)
@@ -39,7 +38,14 @@ def measure(preset='micro', batch=128, steps=10, rounds=5, img=32, patch=4, crop
                 loss = p.loss(m, x)['loss']
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         for _ in range(3): step()                                 # warm-up
-        runs[name] = (step, [])
+        out[name] = step
+    return out
+
+
+def measure(preset='micro', batch=128, steps=10, rounds=5, img=32, patch=4, crops=4, chans=1, amp=False, device=None, cases=None):
+    "Median ms/step of every case (interleaved rounds) and the ratio of each to its base: dict."
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    runs = {k: (f, []) for k, f in build_steps(cases, preset, batch, img, patch, crops, chans, amp, dev).items()}
     for _ in range(rounds):
         for name, (step, times) in runs.items():
             if dev.type == 'cuda': torch.cuda.synchronize()
@@ -58,21 +64,10 @@ def profile(preset='micro', batch=128, img=32, patch=4, crops=4, chans=1, amp=Fa
     "torch.profiler tables (top operators by device time on CUDA, CPU time otherwise) of `steps` training steps per case."
     from torch.profiler import ProfilerActivity, profile as prof
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    torch.manual_seed(0)
-    x = torch.rand(batch, chans, img, img, device=dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
     sort = 'self_cuda_time_total' if dev.type == 'cuda' else 'self_cpu_time_total'
     out = {}
-    for name, recipe, kw in [c for c in CASES if c[0] in cases]:
-        if issubclass(PRETEXTS[recipe], AdPEPretext): kw = {'crops': crops, **kw}
-        p = PRETEXTS[recipe](**kw)
-        m = p.create_model(preset, img, patch, chans).to(dev).train()
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        def step():
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == 'cuda'):
-                loss = p.loss(m, x)['loss']
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        for _ in range(3): step()
+    for name, step in build_steps(cases, preset, batch, img, patch, crops, chans, amp, dev).items():
         with prof(activities=acts) as pr:
             for _ in range(steps): step()
             if dev.type == 'cuda': torch.cuda.synchronize()
