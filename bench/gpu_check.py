@@ -292,12 +292,12 @@ def kept_from(path, res:dict, only) -> dict:
 
 
 def write(res, out, dev) -> Path:
-    "Write gpu-<device>.json and .md atomically (temp file, then rename); returns the path stem."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"gpu-{device_slug(dev)}"
+    "Write gpu-<device>.json and .md atomically (mimbench's `atomic_write`); returns the path stem."
+    from mimbench.core import atomic_write
+    stem = Path(out) / f"gpu-{device_slug(dev)}"
     for path, text in ((stem.with_suffix('.json'), json.dumps(res, indent=1, default=str) + '\n'),
                        (stem.with_suffix('.md'), markdown(res))):
-        tmp = path.with_name(path.name + '.tmp'); tmp.write_text(text); tmp.replace(path)
+        atomic_write(path, lambda p, text=text: p.write_text(text))
     return stem
 
 
