@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_widgets.ipynb #f8781871
 from __future__ import annotations
-import html, inspect, io, json, tempfile, threading, time, traceback
+import html, inspect, io, json, math, tempfile, threading, time, traceback
 from pathlib import Path
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from .frequency import spectrum
 # %% auto #0
 __all__ = ['CONTROL_SPECS', 'QUICK_SWEEP', 'EXPLORER_ATTACKS', 'to_png', 'figure_png', 'canvas_png', 'prob_html', 'Explorer',
            'Panels', 'resolve_model', 'ReconstructionExplorer', 'SweepPlot', 'load_sweep', 'quick_sweep', 'De3Explorer',
-           'Recorder', 'LossPlot', 'AttackExplorer', 'demo_de3']
+           'Recorder', 'nice_ceiling', 'LossPlot', 'AttackExplorer', 'demo_de3']
 
 # %% ../nbs/30_widgets.ipynb #1198b2a9
 def to_png(img, scale:int=4, cmap:str|None=None, vmin=None, vmax=None) -> bytes:
@@ -435,28 +435,54 @@ def _attack_kwargs(spec, steps):
 EXPLORER_ATTACKS = ('pgd', 'fgsm', 'bim', 'mifgsm', 'pgd-margin', 'apgd-ce', 'apgd-dlr', 'square')
 
 # %% ../nbs/30_widgets.ipynb #1c75809a
+def nice_ceiling(v:float) -> float:
+    "The smallest of …, 0.1, 0.2, 0.5, 1, 2, 5, 10, … that is ≥ `v` (1 when `v` is not a positive number)."
+    if not (v > 0 and math.isfinite(v)): return 1.
+    e = math.floor(math.log10(v))
+    return next(float(f"{m}e{e}") for m in (1, 2, 5, 10) if float(f"{m}e{e}") >= v)
+
+# %% ../nbs/30_widgets.ipynb #ebc2938c
 class LossPlot:
     "The loss at every recorded step on one Agg canvas: `set_trace` draws the curve, `png(i)` only the marker at step `i` (blitting)."
-    def __init__(self, figsize=(5, 1.8), dpi=80):
+    def __init__(self, figsize=(5, 1.8), dpi=80, cache:int=16):
         from matplotlib.figure import Figure
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         self.fig = Figure(figsize=figsize, dpi=dpi); self.canvas = FigureCanvasAgg(self.fig)
         self.ax = ax = self.fig.subplots()
-        self.pars = self.fig.subplotpars.to_dict()
-        self.curve, = ax.plot([], [], '.-', lw=1, ms=3, label='CE loss')
-        self.wrong, = ax.plot([], [], 'rx', ms=4, label='misclassified')
+        self.pars, self.cache, self.backgrounds, self.n_draws = self.fig.subplotpars.to_dict(), cache, {}, 0
+        self.curve, = ax.plot([], [], '.-', lw=1, ms=3, label='CE loss', animated=True)
+        self.wrong, = ax.plot([], [], 'rx', ms=4, label='misclassified', animated=True)
         self.line = ax.axvline(0, color='r', lw=1, animated=True)
-        for sp in ax.spines.values(): sp.set_animated(True)               # a full draw puts them over the marker
+        for sp in ax.spines.values(): sp.set_animated(True)               # a full draw puts them over the curve
         ax.set_xlabel('recorded step (forward pass)'); ax.set_ylabel('loss'); ax.grid(alpha=.3)
 
+    @staticmethod
+    def limits(losses) -> tuple:
+        "x and y limits for `losses`: the recorded steps, and 0 to the next 1-2-5 step above the highest finite loss."
+        finite = [v for v in losses if math.isfinite(v)]
+        return (-0.5, len(losses) - 0.5), (0., nice_ceiling(1.05 * max(finite, default=0.)))
+
     def set_trace(self, losses, wrong=()):
-        "Draw the background: the `losses`, the `wrong` (misclassified) steps marked, axes and layout fitted to them."
+        "Show `losses` with the `wrong` (misclassified) steps marked; the empty axes of their range come from the cache."
         self.curve.set_data(range(len(losses)), losses); self.wrong.set_data(wrong, [losses[k] for k in wrong])
-        self.line.set_xdata([0, 0]); self.ax.relim(); self.ax.autoscale_view()
+        key = xlim, ylim = self.limits(losses)
+        self.ax.set_xlim(xlim); self.ax.set_ylim(ylim)
         self.legend = self.ax.legend(handles=[self.curve, self.wrong][:1 + bool(len(wrong))], fontsize=7, loc='best')
         self.legend.set_animated(True)
+        if key in self.backgrounds: self.backgrounds[key] = self.backgrounds.pop(key)    # most recently used last
+        else: self.backgrounds[key] = self._draw_background()
+        while len(self.backgrounds) > self.cache: self.backgrounds.pop(next(iter(self.backgrounds)))
+        position, axes_only = self.backgrounds[key]
+        self.ax.set_position(position)
+        self.canvas.restore_region(axes_only)                                  # the curve goes into this trace's background
+        for a in [self.curve, self.wrong]: self.ax.draw_artist(a)
+        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+
+    def _draw_background(self):
+        "Lay out and draw the empty axes of the current limits: (axes position, pixels)."
         self.fig.subplots_adjust(**self.pars); self.fig.tight_layout()    # from the default layout, as a new figure
-        self.canvas.draw(); self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self.canvas.draw(); self.n_draws += 1
+        return self.ax.get_position(), self.canvas.copy_from_bbox(self.fig.bbox)
 
     def png(self, i:int) -> bytes:
         "PNG bytes of the plot with the marker at step `i`."

@@ -37,6 +37,8 @@ def test_gpu_check_tiny_runs_every_section(tiny_run):
     assert set(s['widgets']['median_ms']) == {'de3 sigma change', 'reconstruction redraw', 'attack step (render)',
                                               'attack re-run (PGD-10, ε change)'}
     assert all(v > 0 for v in s['widgets']['median_ms'].values())
+    split = s['widgets']['re_run_split_ms']                  # where an attack re-run goes: the plot is part of the attack
+    assert set(split) == {'attack', 'loss plot', 'render'} and 0 < split['loss plot'] < split['attack']
     for k in ('apgd-ce ours', 'apgd-ce torchattacks', 'autoattack ours', 'autoattack torchattacks'):
         a = s['autoattack'][k]
         assert 0 <= a['robust_acc'] <= 1 and a['time'] > 0 and a['max_linf'] <= s['autoattack']['eps'] + 1e-6
