@@ -3,10 +3,11 @@ numbers beside ours with a verdict per comparison, a second call trains and eval
 without losing what is done, and the CLI runs the grid."""
 import json, time
 from dataclasses import replace
+import numpy as np
 import pytest
 import mimbench.train
-from mimbench.results import load_records, check_record
-from mimbench.reproduce import GRIDS, reproduce, cli_reproduce
+from mimbench.results import load_records, check_record, unpack_flags
+from mimbench.reproduce import GRIDS, reproduce, cli_reproduce, compare_records, records_of
 from mimbench.models import PRESETS
 
 VERDICTS = ('**held**', '**not held**', '**inconclusive**')
@@ -17,6 +18,21 @@ def trimmed(paper, arms, evaluations):
     ok = lambda c: c.a in arms and c.b in arms and all(e is None or e in evaluations for e in (c.evaluation, c.b_evaluation))
     return replace(g, arms=tuple(g.arm(a) for a in arms), evaluations=tuple(g.evaluation(e) for e in evaluations),
                    comparisons=tuple(c for c in g.comparisons if ok(c)))
+
+def assert_rows_follow_the_records(paper, res):
+    """Each report row compares the comparison's own arms (a, then b) under its evaluations: its verdict and accuracies are
+    what the records give (a row that swapped a and b, or read another evaluation, gives another verdict or numbers)."""
+    assert len(res.rows) == len(GRIDS[paper].comparisons) and res.verdicts == {r['comparison'].claim: r['verdict'] for r in res.rows}
+    for row in res.rows:
+        c = row['comparison']
+        if row['evaluation'] is None: assert row['verdict'] == 'inconclusive'; continue
+        ra, rb = records_of(res.records, paper, row['evaluation'], c.a), records_of(res.records, paper, row['evaluation_b'], c.b)
+        assert ra and rb and {r.method for r in ra} == {c.a} and {r.method for r in rb} == {c.b}
+        want = compare_records(ra, rb, row['metric'], row['metric_b'])
+        assert row['verdict'] == want['verdict'] and row.get('test') == want.get('test'), c.claim
+        if row['metric'] in ra[0].flags:
+            assert row['acc_a'] == pytest.approx(np.mean(np.concatenate([unpack_flags(r.flags[row['metric']]) for r in ra])))
+            assert row['acc_b'] == pytest.approx(np.mean(np.concatenate([unpack_flags(r.flags[row['metric_b']]) for r in rb])))
 
 def trimmed_nim_de3():
     "nim-de3 with three arms (MAE, NIM and the De³ defence) and its FGSM evaluation: every stage, in seconds."
@@ -52,7 +68,7 @@ def test_reproduce_micro_trimmed(tmp_path, monkeypatch, counted_train):
     assert '| paper a | paper b | ours a | ours b |' in text and '31.66' in text     # the paper's FGSM row beside ours
     rows = [l for l in text.splitlines() if l.startswith('| ') and any(v in l for v in VERDICTS)]
     assert len(rows) == len(GRIDS['nim-de3'].comparisons) == len(res.verdicts)
-    assert set(res.verdicts.values()) <= {'held', 'not held', 'inconclusive'}
+    assert_rows_follow_the_records('nim-de3', res)
     assert res.figure.exists() and res.figure.stat().st_size > 1000
 
     mtimes = {p: p.stat().st_mtime_ns for p in res.folder.rglob('*.json')}
@@ -96,12 +112,15 @@ def test_evaluation_kinds(paper, arms, evaluation, tmp_path, monkeypatch):
     by = {r.method: r for r in res.records}
     if evaluation == 'shift':
         assert all(set(r.metrics) == {'clean'} and 0 <= r.extra['mCA'] <= 1 and len(r.extra['per_corruption']) >= 10 for r in res.records)
-        row = res.rows[0]                                      # mCA has no flags: the means beside the paper, no verdict
-        assert row['verdict'] == 'inconclusive' and row['acc_a'] == by[arms[1]].extra['mCA']
+        row = res.rows[0]                                      # mCA: each image's share of corruption cells, paired t-test
+        assert row['metric'] == 'mCA' and row['test'] == 'paired-t' and row['n'] == 16
+        assert row['acc_a'] == pytest.approx(by[row['comparison'].a].extra['mCA'], abs=1e-12)
+        assert row['verdict'] == ('held' if row['interval'][0] > 0 else 'not held' if row['interval'][1] < 0 else 'inconclusive')
     if evaluation == 'linear-probe':
         assert all(set(r.metrics) == {'linear-probe'} and len(r.extra['mean_attention_distance']) == PRESETS['micro'].depth for r in res.records)
         assert all(r.evaluated['runs'][0]['task'] == 'pretrain' for r in res.records)
     assert '**' in res.report.read_text()
+    assert_rows_follow_the_records(paper, res)
 
 def test_ttfp_masking_check(tmp_path, monkeypatch):
     "TTFP under the adaptive attacks and under the same plus transfer and Square: paired, the extra attacks only remove points."
@@ -129,6 +148,7 @@ def test_reproduce_mimir_micro(tmp_path):
     assert {(r.protocol['name'].split('.', 1)[1], r.method) for r in res.records} == want
     assert all(check_record(r) == [] for r in res.records)
     assert len(res.verdicts) == len(g.comparisons) and res.complete
+    assert_rows_follow_the_records('mimir', res)
 
 def test_reproduce_reuses_the_same_evaluation_from_the_leaderboard(tmp_path, monkeypatch):
     "An attack evaluation the leaderboard already holds (same attack settings and pass rule, runs, samples, seed) is not run twice."
