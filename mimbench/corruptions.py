@@ -196,6 +196,6 @@ def mca_table(records, baseline:str='mae') -> str:
             d = paired_difference(np.concatenate([image_scores(a, 'mCA') for a, _ in pairs]),
                                   np.concatenate([image_scores(b, 'mCA') for _, b in pairs]))
             delta = (f"{100 * d['delta']:+.1f} [{100 * d['interval'][0]:+.1f}, {100 * d['interval'][1]:+.1f}] "
-                     f"(p = {d['p']:.2g}, {len(pairs)} seed(s))")
+                     f"(p = {d['p']:.3g}, {len(pairs)} seed(s))")
         out.append(f"| {method} | {len(recs)} | {cell} | {delta} |")
     return '\n'.join(out) + '\n'

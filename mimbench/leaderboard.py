@@ -40,7 +40,7 @@ class Leaderboard:
 
     def _delta(self, c):
         if c is None or c.get('delta') is None: return ''
-        return f"{100 * c['delta']:+.1f} (p = {c['p']:.2g})" if c.get('p') is not None else f"{100 * c['delta']:+.1f}"
+        return f"{100 * c['delta']:+.1f} (p = {c['p']:.3g})" if c.get('p') is not None else f"{100 * c['delta']:+.1f}"
 
     def table(self) -> list:
         "Header + rows as lists of strings."

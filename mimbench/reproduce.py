@@ -928,7 +928,7 @@ def _pct(v) -> str: return '–' if v is None else f"{100 * v:.1f}"
 def _paper(v) -> str: return '–' if v is None else f"{v:g}"
 
 def _test_text(row:dict) -> str:
-    if row.get('test') == 'mcnemar': return f"McNemar p = {row['p']:.2g} ({row['only_a']} vs {row['only_b']} discordant)"
+    if row.get('test') == 'mcnemar': return f"McNemar p = {row['p']:.3g} ({row['only_a']} vs {row['only_b']} discordant)"
     if row.get('test') == 'wilson-intervals': return 'Wilson 95 % intervals (unpaired)'
     return row.get('reason', '')
 
