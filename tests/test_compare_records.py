@@ -31,3 +31,15 @@ def test_missing_re_made_record_fails_only_with_all(tmp_path):
     _rec(f).save(tmp_path / 'old'); _rec(f, seed=1).save(tmp_path / 'old'); _rec(f).save(tmp_path / 'new')
     assert cr.compare(tmp_path / 'new', tmp_path / 'old', log=lambda *_: None) == 0
     assert cr.compare(tmp_path / 'new', tmp_path / 'old', require_all=True, log=lambda *_: None) == 1
+
+def test_plan_picks_the_cheapest_record_of_each_evaluation_group(tmp_path):
+    f = {'clean': np.ones(10, bool)}
+    for seed, secs in [(0, 300.), (1, 120.), (2, 200.)]:                  # one group: the same protocol, no defence
+        r = _rec(f, seed=seed); r.seconds = {'attacks': secs}; r.save(tmp_path / 'old')
+    d = _rec(f, 'de3', 0); d.evaluated = {**d.evaluated, 'defense': 'de3'}; d.seconds = {'attacks': 50., 'corruptions': 10.}
+    d.save(tmp_path / 'old')                                                # another group: a defence
+    lines = []
+    out = cr.plan(tmp_path / 'old', log=lines.append)
+    assert out == {'records': 4, 'groups': 2, 'all_s': 680., 'one_per_group_s': 180.}
+    assert any('3 records; cheapest    2.0 min' in l and 'seed1' in l for l in lines)
+    assert lines[-1].startswith('4 records in 2 groups')

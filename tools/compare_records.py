@@ -1,6 +1,8 @@
 """Re-certify records after a code change: compare the per-sample flags of re-made records with those they replace.
 
     python tools/compare_records.py NEW OLD [--all]
+    python tools/compare_records.py --plan OLD
+
 
 NEW and OLD are trees of result records laid out as `results/` is (the leaderboard's `<protocol>/*.json` and the grids'
 `reproduce/<paper>/<scale>-<dataset>/<protocol>/*.json`). A record of NEW is matched to the record of OLD at the same
@@ -8,6 +10,10 @@ relative path, whose file stem names the protocol, the method with its pass rule
 hashes and test samples). For each pair it prints, per metric, the accuracy under both and how many samples' flags differ.
 Exit status 1 when any pair differs in a flag, when their protocol settings differ, or (with --all) when a record of
 OLD has no re-made twin in NEW; 0 otherwise. Identical flags are the evidence that a change did not move a number.
+
+`--plan` sizes a re-certification before it starts: it groups the records under OLD by what their evaluation ran (the
+protocol's settings hash, the defence, the kind of record) and prints, per group, its cheapest record and that record's
+evaluation time, then the time to re-make every record against the time to re-make one per group.
 """
 import argparse, sys
 from pathlib import Path
@@ -54,9 +60,35 @@ def compare(new_dir, old_dir, require_all:bool=False, log=print) -> int:
     return int(bool(bad) or (require_all and bool(missing)))
 
 
+def evaluation_seconds(rec) -> float:
+    "The seconds the record's evaluation took (attacks, corruptions, probe …)."
+    return float(sum(v for v in rec.seconds.values() if isinstance(v, (int, float))))
+
+
+def plan(old_dir, log=print) -> dict:
+    "Per group of records that ran the same evaluation code path: the cheapest one to re-make; the totals in seconds."
+    groups = {}
+    for key, rec in by_key(old_dir).items():
+        g = (rec.protocol['name'], rec.protocol['hash'], rec.evaluated.get('defense') or '-', rec.kind)
+        groups.setdefault(g, []).append((evaluation_seconds(rec), key))
+    for (name, h, defense, kind), recs in sorted(groups.items()):
+        s, key = min(recs)
+        log(f"{name:<26} {h[:10]} {defense:<7} {kind:<7} {len(recs):3d} records; cheapest {s / 60:6.1f} min: {key}")
+    out = {'records': sum(map(len, groups.values())), 'groups': len(groups),
+           'all_s': sum(s for recs in groups.values() for s, _ in recs), 'one_per_group_s': sum(min(recs)[0] for recs in groups.values())}
+    log(f"{out['records']} records in {out['groups']} groups: re-making all takes {out['all_s'] / 3600:.1f} h of evaluation, "
+        f"one per group {out['one_per_group_s'] / 3600:.1f} h (the records' own times; training not included)")
+    return out
+
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('new'); p.add_argument('old')
+    p.add_argument('new', nargs='?'); p.add_argument('old')
     p.add_argument('--all', action='store_true', help='fail when a record of OLD has no re-made twin in NEW')
+    p.add_argument('--plan', action='store_true', help='only OLD: the cheapest record per evaluation group and the time to re-make')
     a = p.parse_args()
+    if a.plan:
+        if a.new is not None: p.error('--plan takes one folder (OLD), e.g. `--plan results`')
+        plan(a.old); sys.exit(0)
+    if a.new is None: p.error('give NEW and OLD, or --plan OLD')
     sys.exit(compare(a.new, a.old, a.all))
