@@ -930,6 +930,10 @@ def _paper(v) -> str: return '–' if v is None else f"{v:g}"
 def _test_text(row:dict) -> str:
     if row.get('test') == 'mcnemar': return f"McNemar p = {row['p']:.3g} ({row['only_a']} vs {row['only_b']} discordant)"
     if row.get('test') == 'wilson-intervals': return 'Wilson 95 % intervals (unpaired)'
+    if row.get('test') in ('paired-t', 'welch'):                          # per-image shares (mCA): a − b with its interval
+        lo, hi = row['interval']
+        return (f"{'paired t-test' if row['test'] == 'paired-t' else 'Welch (unpaired)'}: Δ {100 * row['delta']:+.1f} pp "
+                f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" + (f", p = {row['p']:.3g}" if 'p' in row else ''))
     return row.get('reason', '')
 
 def _cell(recs:list, metric:str) -> str:
@@ -989,6 +993,8 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
                                                       for a, s in zip(v.mean(0), v.std(0, ddof=1) if len(v) > 1 else v[0])))
         lines.append('')
     return '\n'.join(lines + ['## Notes', '', g.notes, ''])
+
+
 
 # %% ../nbs/18_reproduce.ipynb #9633992c
 def plot_comparisons(rows:list, path=None):
