@@ -994,8 +994,6 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
         lines.append('')
     return '\n'.join(lines + ['## Notes', '', g.notes, ''])
 
-
-
 # %% ../nbs/18_reproduce.ipynb #9633992c
 def plot_comparisons(rows:list, path=None):
     "Each comparison's arms a (●) and b (■) with 95 % intervals; the paper's numbers as open markers."

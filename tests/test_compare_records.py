@@ -38,6 +38,8 @@ def test_plan_picks_the_cheapest_record_of_each_evaluation_group(tmp_path):
         r = _rec(f, seed=seed); r.seconds = {'attacks': secs}; r.save(tmp_path / 'old')
     d = _rec(f, 'de3', 0); d.evaluated = {**d.evaluated, 'defense': 'de3'}; d.seconds = {'attacks': 50., 'corruptions': 10.}
     d.save(tmp_path / 'old')                                                # another group: a defence
+    twin = _rec(f, 'copy', 5); twin.extra = {'same_evaluation_as': 'clean-ft/x'}; twin.seconds = {'attacks': 1.}
+    twin.save(tmp_path / 'old')                                             # a copy of another record's evaluation: not counted
     lines = []
     out = cr.plan(tmp_path / 'old', log=lines.append)
     assert out == {'records': 4, 'groups': 2, 'all_s': 680., 'one_per_group_s': 180.}

@@ -60,17 +60,14 @@ def compare(new_dir, old_dir, require_all:bool=False, log=print) -> int:
     return int(bool(bad) or (require_all and bool(missing)))
 
 
-def evaluation_seconds(rec) -> float:
-    "The seconds the record's evaluation took (attacks, corruptions, probe …)."
-    return float(sum(v for v in rec.seconds.values() if isinstance(v, (int, float))))
-
-
 def plan(old_dir, log=print) -> dict:
-    "Per group of records that ran the same evaluation code path: the cheapest one to re-make; the totals in seconds."
+    """Per group of records that ran the same evaluation code path: the cheapest one to re-make; the totals in seconds.
+    A record `reproduce` copied from a leaderboard twin (`extra['same_evaluation_as']`) is re-made with its twin: not counted."""
     groups = {}
     for key, rec in by_key(old_dir).items():
+        if 'same_evaluation_as' in rec.extra: continue
         g = (rec.protocol['name'], rec.protocol['hash'], rec.evaluated.get('defense') or '-', rec.kind)
-        groups.setdefault(g, []).append((evaluation_seconds(rec), key))
+        groups.setdefault(g, []).append((sum(rec.seconds.values()), key))
     for (name, h, defense, kind), recs in sorted(groups.items()):
         s, key = min(recs)
         log(f"{name:<26} {h[:10]} {defense:<7} {kind:<7} {len(recs):3d} records; cheapest {s / 60:6.1f} min: {key}")
