@@ -77,6 +77,7 @@ class Comparison:
     paper_delta: float|None = None            # when the text gives only the difference a − b
     source: str = ''                          # table / section of the paper text
     b_evaluation: str|None = None             # compare a under `evaluation` with b under this one (same arm, two attacks)
+    seeds: tuple|None = None                  # only these seeds test the claim (a comparison registered after seeing some)
 
 # %% ../nbs/18_reproduce.ipynb #43a901cd
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ _register(Grid('huang', "Huang et al. — MAE's adversarial weakness, adversaria
                    source="supplementary §C cites the main paper's Table 3, which is not in the text: no numbers"),
         Comparison('Adversarial BERT-pretraining beats MAE on ℓ2 AutoAttack', 'adv-bert', 'mae', 'aa-l2', 'robust@0.2',
                    source="ours, registered 2026-11-30 after seed 0 was seen (there it was a post-hoc test); seeds 1-2 are its test. "
-                          "The paper reports adversarial BERT-pretraining against C&W-ℓ2 only"),
+                          "The paper reports adversarial BERT-pretraining against C&W-ℓ2 only", seeds=(1, 2)),
         Comparison('Adversarial BERT-pretraining also raises clean accuracy', 'adv-bert', 'mae', None, 'clean',
                    source="supplementary §C ('both clean classification accuracy and adversarial robustness are boosted'); numbers in the main paper's Table 3, not here"),
         Comparison('The perceptual loss makes MAE more robust', 'perceptual-mae', 'mae', 'aa-l2', 'robust@0.2',
@@ -899,9 +900,11 @@ def ttfp_model(cfg, args:dict):
     return fit_ttfp(run_dir(cfg), dict(n_train=cfg.n_train, seed=cfg.seed, **args), Path(cfg.out) / 'ttfp', progress=False)[0]
 
 # %% ../nbs/18_reproduce.ipynb #a20ccd9c
-def records_of(records:list, paper:str, evaluation:str, arm:str) -> list:
-    "The records of `arm` under the grid evaluation `evaluation` (all seeds)."
-    return [r for r in records if r.protocol['name'] == f"{paper}.{evaluation}" and r.method == arm]
+def records_of(records:list, paper:str, evaluation:str, arm:str, seeds=None) -> list:
+    "The records of `arm` under the grid evaluation `evaluation` (of `seeds`, or all seeds)."
+    return [r for r in records if r.protocol['name'] == f"{paper}.{evaluation}" and r.method == arm and (seeds is None or r.seed in seeds)]
+
+def _seed_list(seeds) -> str: return '–'.join(map(str, seeds)) if list(seeds) == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 else ', '.join(map(str, seeds))
 
 # %% ../nbs/18_reproduce.ipynb #4dcf3056
 def comparison_rows(paper:str, records:list, shape) -> list:
@@ -912,11 +915,11 @@ def comparison_rows(paper:str, records:list, shape) -> list:
         if ev_a is None:                      # clean accuracy: the first evaluation holding clean flags for both arms
             ev_a = ev_b = next((e.name for e in g.evaluations if all(
                 any('clean' in r.flags for r in records_of(records, paper, e.name, arm)) for arm in (c.a, c.b))), None)
-        ra = records_of(records, paper, ev_a, c.a) if ev_a else []
-        rb = records_of(records, paper, ev_b, c.b) if ev_b else []
+        ra = records_of(records, paper, ev_a, c.a, c.seeds) if ev_a else []
+        rb = records_of(records, paper, ev_b, c.b, c.seeds) if ev_b else []
         m_a, m_b = metric_name(g, c, shape, 'a'), metric_name(g, c, shape, 'b')
-        res = compare_records(ra, rb, m_a, m_b) if ra and rb else {
-            'verdict': 'inconclusive', 'test': None, 'reason': 'no records yet' if ev_a else 'no evaluation with clean flags for both arms'}
+        res = compare_records(ra, rb, m_a, m_b) if ra and rb else {'verdict': 'inconclusive', 'test': None, 'reason': (
+            'no evaluation with clean flags for both arms' if not ev_a else 'no records yet' + (f" of seeds {_seed_list(c.seeds)}" if c.seeds else ''))}
         for side, rs, m in (('a', ra, m_a), ('b', rb, m_b)):      # metrics without flags (mCA): the records' mean
             if f'acc_{side}' not in res and rs and all(m in r.extra or m in r.metrics for r in rs):
                 res[f'acc_{side}'] = float(np.mean([r.metrics.get(m, r.extra.get(m)) for r in rs]))
@@ -972,7 +975,7 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
         ev = f"{row['evaluation'] or '–'}" + (f" vs {row['evaluation_b']}" if row['evaluation_b'] != row['evaluation'] else '')
         ours = lambda s: _pct(row.get(f'acc_{s}')) + (f" [{_pct(row[f'interval_{s}'][0])}, {_pct(row[f'interval_{s}'][1])}]"
                                                       if f'interval_{s}' in row else '')
-        lines.append(f"| {c.claim} | {c.a} | {c.b} | {ev} · {row['metric']} | {_paper(c.paper_a)} | {pb} | {ours('a')} | "
+        lines.append(f"| {c.claim}{f' (seeds {_seed_list(c.seeds)})' if c.seeds else ''} | {c.a} | {c.b} | {ev} · {row['metric']} | {_paper(c.paper_a)} | {pb} | {ours('a')} | "
                      f"{ours('b')} | {_test_text(row)} | **{row['verdict']}** |")
     lines += ['', 'Sources: ' + '; '.join(f"{c.claim}: {c.source}" for c in g.comparisons if c.source), '', '## Records', '']
     for ev in g.evaluations:
