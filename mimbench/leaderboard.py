@@ -4,7 +4,7 @@
 
 # %% ../nbs/17b_leaderboard.ipynb #a13f768d
 from __future__ import annotations
-import json, time
+import json, os, time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,7 +18,8 @@ from .corruptions import mca_table
 # %% auto #0
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
            'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
-           'TimeLeft', 'pending_runs', 'defended', 'covered', 'run_leaderboard', 'cli_leaderboard']
+           'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'usable_cores', 'run_leaderboard',
+           'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -428,26 +429,23 @@ def _work(todo:list, scale:Scale, earlier:dict) -> tuple:
     evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n, None if j.sigma is None else 'de3') for j in todo]
     return pending, evaluations, TimeLeft.of(pending, evaluations, earlier)
 
-def run_leaderboard(scale='small', protocols=None, methods=None, root='results', out='runs', data_root=None,
-                    max_minutes:float|None=None, dry_run:bool=False, progress:bool=True, log=print, seeds=None) -> dict:
-    "Train, fine-tune and evaluate whatever records of the plan (`seeds`: only these) are missing; returns stage timings and what was done."
-    from mimbench.train import train, run_dir, run_hash
-    scale = SCALES[scale] if isinstance(scale, str) else scale
-    jobs = plan_jobs(scale, protocols, methods, out, data_root, seeds)
-    records = load_records(root)
-    todo = [j for j in jobs if _existing(records, j, scale, run_hash(j.finetune)) is None]
-    log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
-    earlier = earlier_timings(out, records)
-    pending, evaluations, eta = _work(todo, scale, earlier)
-    if dry_run:
-        for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")
-        if todo: log(f"{len(pending)} runs to train, {len(todo)} evaluations: {eta}")
-        by_protocol = {p: [j for j in todo if j.protocol == p] for p in dict.fromkeys(j.protocol for j in todo)}
-        if len(by_protocol) > 1:                  # a run two protocols share is counted in each
-            for p, js in by_protocol.items():
-                pend, _, t = _work(js, scale, earlier)
-                log(f"  {p}: {len(pend)} runs to train, {len(js)} evaluations: {t}")
-        return {'todo': len(todo), 'done': 0, 'seconds': {}}
+def shard_jobs(todo:list, workers:int, scale:Scale, earlier:dict) -> list:
+    """`todo` split into `workers` lists of about equal time (priced like `TimeLeft`, from `earlier`), each in the plan's
+    order. Jobs that share a pretraining run (or, without one, a fine-tuning run) stay together: the run is trained
+    once, and no worker waits on another's run lock."""
+    from mimbench.train import run_dir
+    groups = {}
+    for i, j in enumerate(todo): groups.setdefault(str(run_dir(j.pretrain if j.pretrain is not None else j.finetune)), []).append(i)
+    cost = lambda g: _work([todo[i] for i in g], scale, earlier)[2].seconds()[0]
+    parts, load = [[] for _ in range(workers)], [(0., 0)] * workers
+    for g in sorted(groups.values(), key=lambda g: (-cost(g), -len(g), g[0])):          # longest first, to the least loaded
+        w = load.index(min(load)); parts[w] += g; load[w] = (load[w][0] + cost(g), load[w][1] + len(g))
+    return [[todo[i] for i in sorted(p)] for p in parts]
+
+def _run_jobs(todo:list, scale:Scale, root, data_root, earlier:dict, max_minutes, progress, log) -> dict:
+    "Train, fine-tune and evaluate `todo` in order (one process); returns stage timings and what was done."
+    from mimbench.train import train, run_dir
+    _, evaluations, eta = _work(todo, scale, earlier)
     seconds, t_start, done = {'pretrain': [], 'finetune': [], 'evaluate': []}, time.time(), 0
     for i, j in enumerate(todo):
         if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
@@ -464,6 +462,65 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
         seconds['evaluate'].append(time.time() - t0); eta.done(evaluations[i], seconds['evaluate'][-1]); done += 1
     return {'todo': len(todo), 'done': done, 'seconds': {k: [round(s, 1) for s in v] for k, v in seconds.items()},
             'wall': round(time.time() - t_start, 1)}
+
+def _worker(part:list, scale:Scale, root, data_root, earlier:dict, max_minutes, threads:int, name:str) -> dict:
+    "`_run_jobs` in a worker process with `threads` torch threads; its log lines start with `name`."
+    import functools, torch
+    torch.set_num_threads(threads)
+    return _run_jobs(part, scale, root, data_root, earlier, max_minutes, False, functools.partial(print, f"[{name}]", flush=True))
+
+def usable_cores() -> int:
+    "The CPU cores this process may run on."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+def _run_parallel(parts:list, scale:Scale, root, data_root, earlier:dict, max_minutes, log) -> dict:
+    "Each non-empty part in its own process (usable cores / workers torch threads each); the stage timings merged."
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    parts = [p for p in parts if p]
+    threads, t_start = max(1, usable_cores() // len(parts)), time.time()
+    log(f"{len(parts)} workers, {threads} thread(s) each, progress bars off: " + ', '.join(f"worker {k + 1} {len(p)} jobs" for k, p in enumerate(parts)))
+    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context('spawn')) as pool:
+        futures = [pool.submit(_worker, p, scale, root, data_root, earlier, max_minutes, threads, f"worker {k + 1}") for k, p in enumerate(parts)]
+        results, errors = [], []
+        for k, f in enumerate(futures):
+            try: results.append(f.result())
+            except Exception as e: errors.append((k + 1, e))
+    if errors:                                            # the other workers finished and kept their records
+        k, e = errors[0]
+        raise RuntimeError(f"leaderboard worker {k} failed ({type(e).__name__}: {e}); the records the workers finished are saved, "
+                           "and the same command goes on from there") from e
+    seconds = {k: sum((r['seconds'][k] for r in results), []) for k in ('pretrain', 'finetune', 'evaluate')}
+    return {'todo': sum(r['todo'] for r in results), 'done': sum(r['done'] for r in results), 'seconds': seconds,
+            'wall': round(time.time() - t_start, 1)}
+
+def run_leaderboard(scale='small', protocols=None, methods=None, root='results', out='runs', data_root=None,
+                    max_minutes:float|None=None, dry_run:bool=False, progress:bool=True, log=print, seeds=None, workers:int=1) -> dict:
+    """Train, fine-tune and evaluate whatever records of the plan (`seeds`: only these) are missing; returns stage timings and
+    what was done. `workers` > 1 runs that many jobs at once, each worker in its own process (`shard_jobs`)."""
+    from mimbench.train import run_dir, run_hash
+    if not (isinstance(workers, int) and workers >= 1): raise ValueError(f"--workers takes a whole number ≥ 1 (processes); got {workers!r}.")
+    scale = SCALES[scale] if isinstance(scale, str) else scale
+    jobs = plan_jobs(scale, protocols, methods, out, data_root, seeds)
+    records = load_records(root)
+    todo = [j for j in jobs if _existing(records, j, scale, run_hash(j.finetune)) is None]
+    log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
+    earlier = earlier_timings(out, records)
+    pending, evaluations, eta = _work(todo, scale, earlier)
+    parts = shard_jobs(todo, min(workers, len(todo)), scale, earlier) if workers > 1 and len(todo) > 1 else [todo]
+    if dry_run:
+        for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")
+        if todo: log(f"{len(pending)} runs to train, {len(todo)} evaluations: {eta}")
+        by_protocol = {p: [j for j in todo if j.protocol == p] for p in dict.fromkeys(j.protocol for j in todo)}
+        if len(by_protocol) > 1:                  # a run two protocols share is counted in each
+            for p, js in by_protocol.items():
+                pend, _, t = _work(js, scale, earlier)
+                log(f"  {p}: {len(pend)} runs to train, {len(js)} evaluations: {t}")
+        if len(parts) > 1:                        # each worker's share, priced from timings made at their own thread count
+            for k, part in enumerate(parts): log(f"  worker {k + 1}: {len(part)} jobs, {_work(part, scale, earlier)[2]}")
+        return {'todo': len(todo), 'done': 0, 'seconds': {}}
+    if len(parts) > 1: return _run_parallel(parts, scale, root, data_root, earlier, max_minutes, log)
+    return _run_jobs(todo, scale, root, data_root, earlier, max_minutes, progress, log)
 
 # %% ../nbs/17b_leaderboard.ipynb #8587f873
 def _seed_list(text:str|None):
@@ -484,13 +541,14 @@ def cli_leaderboard(protocol:str=None,          # one protocol (default: every p
                     out:str='runs',             # with --run: the run folder (the run cache)
                     data_root:str=None,         # with --run: folder of a dataset that is not embedded (paper: CIFAR-10)
                     max_minutes:float=None,     # with --run: stop between jobs after this long; the same command goes on
+                    workers:int=1,              # with --run: jobs at once, each worker a process with cores/workers threads
                     dry_run:store_true=False,     # with --run: list the jobs that would run, run nothing
                     no_progress:store_true=False,   # hide progress bars
                     include_stale:store_true=False):  # show the records of other code alone (never mixed with current ones)
     "Print the leaderboard (one table per protocol) generated from the result records; `--run` makes the missing ones."
     if run:
         run_leaderboard(scale, [protocol] if protocol else None, methods.split(',') if methods else None, root, out,
-                        data_root, max_minutes, dry_run, progress=not no_progress, seeds=_seed_list(seeds))
+                        data_root, max_minutes, dry_run, progress=not no_progress, seeds=_seed_list(seeds), workers=workers)
         if dry_run: return
     print(leaderboard_text(root, protocol, format, baseline, include_stale))
 
