@@ -464,32 +464,43 @@ def _run_jobs(todo:list, scale:Scale, root, data_root, earlier:dict, max_minutes
             'wall': round(time.time() - t_start, 1)}
 
 def _worker(part:list, scale:Scale, root, data_root, earlier:dict, max_minutes, threads:int, name:str) -> dict:
-    "`_run_jobs` in a worker process with `threads` torch threads; its log lines start with `name`."
-    import functools, torch
+    """`_run_jobs` in a worker process with `threads` torch threads, printing its log lines after `name`. An error comes
+    back as data (its message, whether it is the user's mistake, the traceback), since a traceback does not cross processes."""
+    import functools, traceback, torch
+    from mimbench.cli import user_error
     torch.set_num_threads(threads)
-    return _run_jobs(part, scale, root, data_root, earlier, max_minutes, False, functools.partial(print, f"[{name}]", flush=True))
+    try: return _run_jobs(part, scale, root, data_root, earlier, max_minutes, False, functools.partial(print, f"[{name}]", flush=True))
+    except Exception as e: return {'error': f"{type(e).__name__}: {e}", 'user_error': user_error(e), 'traceback': traceback.format_exc()}
+
+def _raise_worker_errors(results:list):
+    "Raise the first worker's error: a user's mistake as a `ValueError` with its message (the CLI prints it), else with its traceback."
+    failed = [(k + 1, r) for k, r in enumerate(results) if 'error' in r]
+    if not failed: return
+    k, r = failed[0]
+    then = "the records the workers finished are saved, and the same command goes on from there"
+    if r['user_error']: raise ValueError(f"leaderboard worker {k}: {r['error']} ({then})")
+    raise RuntimeError(f"leaderboard worker {k} failed with {r['error']}; {then}. Its traceback:\n{r['traceback']}")
 
 def usable_cores() -> int:
     "The CPU cores this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 def _run_parallel(parts:list, scale:Scale, root, data_root, earlier:dict, max_minutes, log) -> dict:
-    "Each non-empty part in its own process (usable cores / workers torch threads each); the stage timings merged."
+    """Each part in its own process (usable cores / workers torch threads each); the stage timings merged. The workers
+    print their own log lines (`log` gets the parent's). A worker that raises lets the others finish; one killed outright
+    (out of memory) breaks the pool, which stops the others too — the records already made are kept either way."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-    parts = [p for p in parts if p]
+    from concurrent.futures.process import BrokenProcessPool
     threads, t_start = max(1, usable_cores() // len(parts)), time.time()
     log(f"{len(parts)} workers, {threads} thread(s) each, progress bars off: " + ', '.join(f"worker {k + 1} {len(p)} jobs" for k, p in enumerate(parts)))
     with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context('spawn')) as pool:
         futures = [pool.submit(_worker, p, scale, root, data_root, earlier, max_minutes, threads, f"worker {k + 1}") for k, p in enumerate(parts)]
-        results, errors = [], []
-        for k, f in enumerate(futures):
-            try: results.append(f.result())
-            except Exception as e: errors.append((k + 1, e))
-    if errors:                                            # the other workers finished and kept their records
-        k, e = errors[0]
-        raise RuntimeError(f"leaderboard worker {k} failed ({type(e).__name__}: {e}); the records the workers finished are saved, "
-                           "and the same command goes on from there") from e
+        try: results = [f.result() for f in futures]
+        except BrokenProcessPool as e:
+            raise RuntimeError("a leaderboard worker process died (killed, e.g. out of memory), which stopped the others; the "
+                               "records already made are saved, and the same command goes on from there") from e
+    _raise_worker_errors(results)
     seconds = {k: sum((r['seconds'][k] for r in results), []) for k in ('pretrain', 'finetune', 'evaluate')}
     return {'todo': sum(r['todo'] for r in results), 'done': sum(r['done'] for r in results), 'seconds': seconds,
             'wall': round(time.time() - t_start, 1)}
@@ -507,7 +518,7 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
     log(f"leaderboard @ {scale.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} have current records, {len(todo)} to run")
     earlier = earlier_timings(out, records)
     pending, evaluations, eta = _work(todo, scale, earlier)
-    parts = shard_jobs(todo, min(workers, len(todo)), scale, earlier) if workers > 1 and len(todo) > 1 else [todo]
+    parts = [p for p in shard_jobs(todo, workers, scale, earlier) if p] if workers > 1 else [todo]
     if dry_run:
         for j in todo: log(f"  {j.protocol:<10} {j.label:<16} seed {j.seed}  pretrain {run_dir(j.pretrain).name if j.pretrain else '-'}  finetune {run_dir(j.finetune).name}")
         if todo: log(f"{len(pending)} runs to train, {len(todo)} evaluations: {eta}")
@@ -516,7 +527,7 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
             for p, js in by_protocol.items():
                 pend, _, t = _work(js, scale, earlier)
                 log(f"  {p}: {len(pend)} runs to train, {len(js)} evaluations: {t}")
-        if len(parts) > 1:                        # each worker's share, priced from timings made at their own thread count
+        if len(parts) > 1:                        # each worker's share (records so far: one thread per job, two jobs at once)
             for k, part in enumerate(parts): log(f"  worker {k + 1}: {len(part)} jobs, {_work(part, scale, earlier)[2]}")
         return {'todo': len(todo), 'done': 0, 'seconds': {}}
     if len(parts) > 1: return _run_parallel(parts, scale, root, data_root, earlier, max_minutes, log)

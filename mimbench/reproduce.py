@@ -78,6 +78,10 @@ class Comparison:
     source: str = ''                          # table / section of the paper text
     b_evaluation: str|None = None             # compare a under `evaluation` with b under this one (same arm, two attacks)
     seeds: tuple|None = None                  # only these seeds test the claim (a comparison registered after seeing some)
+    def __post_init__(self):
+        ok = self.seeds is None or (isinstance(self.seeds, tuple) and self.seeds and all(isinstance(s, int) and s >= 0 for s in self.seeds))
+        if not ok: raise ValueError(f"Comparison {self.claim!r}: seeds must be None (every seed) or a non-empty tuple of seed "
+                                    f"numbers, e.g. (1, 2); got {self.seeds!r}.")
 
 # %% ../nbs/18_reproduce.ipynb #43a901cd
 @dataclass(frozen=True)
@@ -919,7 +923,8 @@ def comparison_rows(paper:str, records:list, shape) -> list:
         rb = records_of(records, paper, ev_b, c.b, c.seeds) if ev_b else []
         m_a, m_b = metric_name(g, c, shape, 'a'), metric_name(g, c, shape, 'b')
         res = compare_records(ra, rb, m_a, m_b) if ra and rb else {'verdict': 'inconclusive', 'test': None, 'reason': (
-            'no evaluation with clean flags for both arms' if not ev_a else 'no records yet' + (f" of seeds {_seed_list(c.seeds)}" if c.seeds else ''))}
+            'no evaluation with clean flags for both arms' if not ev_a else
+            f"no records yet of seeds {_seed_list(c.seeds)}, the seeds that test it (`--seeds {max(c.seeds) + 1}` plans them)" if c.seeds else 'no records yet')}
         for side, rs, m in (('a', ra, m_a), ('b', rb, m_b)):      # metrics without flags (mCA): the records' mean
             if f'acc_{side}' not in res and rs and all(m in r.extra or m in r.metrics for r in rs):
                 res[f'acc_{side}'] = float(np.mean([r.metrics.get(m, r.extra.get(m)) for r in rs]))

@@ -61,7 +61,7 @@ def test_micro_run_is_incremental_and_resumable(tmp_path):
     assert s3['done'] == 0 and s3['todo'] == 1
 
 def test_micro_run_with_two_workers(tmp_path, capfd):
-    "Two worker processes make the records one process would: each job once, every record valid; a second call finds them."
+    "Two worker processes make the planned records: one job in each process, every record valid; a second call finds them."
     kw = dict(root=tmp_path / 'results', out=tmp_path / 'runs', progress=False, log=print)
     s = run_leaderboard('micro', ['clean-ft'], ['mae', 'scratch'], workers=2, **kw)
     assert s['done'] == 2 and s['todo'] == 2 and len(s['seconds']['evaluate']) == 2
@@ -99,8 +99,9 @@ def test_cli_leaderboard(tmp_path):
     assert 'randomized' in p.stdout and not (tmp_path / 'runs').exists()             # a dry run trains nothing
     p = run('--run', '--protocol', 'clean-ft', '--methods', 'mae', '--seeds', '2', '--dry-run', '--out', str(tmp_path / 'runs'))
     assert p.returncode == 0 and '3 jobs' not in p.stdout and ' seed 2 ' in p.stdout and ' seed 0 ' not in p.stdout, p.stdout + p.stderr
-    p = run('--run', '--scale', 'micro', '--methods', 'mae', '--workers', '2', '--dry-run', '--out', str(tmp_path / 'runs'))
-    assert p.returncode == 0 and '  worker 1: ' in p.stdout and '  worker 2: ' in p.stdout, p.stdout + p.stderr
+    p = run('--run', '--scale', 'micro', '--protocol', 'clean-ft', '--methods', 'mae,scratch', '--workers', '2', '--dry-run',
+            '--out', str(tmp_path / 'runs'))
+    assert p.returncode == 0 and '  worker 1: 1 jobs' in p.stdout and '  worker 2: 1 jobs' in p.stdout, p.stdout + p.stderr
     p = run('--run', '--methods', 'mae', '--seeds', 'two', '--dry-run', '--out', str(tmp_path / 'runs'))
     assert p.returncode == 1 and '--seeds takes seed numbers' in p.stderr, p.stdout + p.stderr
 

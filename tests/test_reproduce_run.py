@@ -152,6 +152,21 @@ def test_reproduce_mimir_micro(tmp_path):
     assert len(res.verdicts) == len(g.comparisons) and res.complete
     assert_rows_follow_the_records('mimir', res)
 
+def test_registered_comparison_reads_only_its_seeds(tmp_path, monkeypatch):
+    """Huang's ℓ2-AutoAttack comparison was registered after seed 0 was seen: at micro scale with two seeds its verdict
+    comes from seed 1 alone (a row that pooled seed 0 in would pair 2 × 16 images, not 16), and with seed 0 only it has none."""
+    monkeypatch.setitem(GRIDS, 'huang', trimmed('huang', ('mae', 'adv-bert'), ('aa-l2',)))
+    res = reproduce('huang', 'micro', out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'), seeds=2, log=lambda *a: None)
+    assert sorted((r.method, r.seed) for r in res.records) == [('adv-bert', 0), ('adv-bert', 1), ('mae', 0), ('mae', 1)]
+    row = next(r for r in res.rows if r['comparison'].seeds)
+    assert row['test'] == 'mcnemar' and row['seeds'] == [1] and row['n_a'] == res.records[0].n
+    assert_rows_follow_the_records('huang', res)
+    from mimbench.reproduce import comparison_rows
+    seed0 = [r for r in res.records if r.seed == 0]
+    row0 = next(r for r in comparison_rows('huang', seed0, (1, 32, 32)) if r['comparison'].seeds)
+    assert row0['verdict'] == 'inconclusive' and row0['reason'].startswith('no records yet of seeds 1–2')
+    assert '(seeds 1–2)' in res.report.read_text()
+
 def test_reproduce_reuses_the_same_evaluation_from_the_leaderboard(tmp_path, monkeypatch):
     "An attack evaluation the leaderboard already holds (same attack settings and pass rule, runs, samples, seed) is not run twice."
     from dataclasses import replace as dc_replace
