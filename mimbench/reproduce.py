@@ -1085,6 +1085,17 @@ class Work:
         return (f"{len(self.jobs)} arm×seed jobs, {len(self.todo)} with work: {len(self.to_train['pretrain'])} pretraining and "
                 f"{len(self.to_train['finetune'])} fine-tuning runs to train, {n_ev} evaluations; {self.eta}")
 
+def _own_runs(job:GridJob) -> set:
+    "The run directories `job` trains."
+    from mimbench.train import run_dir
+    return {str(run_dir(c)) for c in (job.planned.pretrain, job.planned.finetune) if c is not None}
+
+def _runs_named(job:GridJob) -> set:
+    "The values of `job`'s recipe and defence arguments: among them the run directories of other arms it needs (a teacher, a denoiser)."
+    p = job.planned
+    vals = [*(p.pretrain.recipe_args.values() if p.pretrain is not None else ()), *p.finetune.recipe_args.values(), *p.defense_args.values()]
+    return {v for v in vals if isinstance(v, str)}
+
 def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
               results='results', seeds:int|None=None) -> Work:
     "What `reproduce` with these arguments would do, and the time it would take (priced from `out` and the records)."
@@ -1099,7 +1110,8 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     found = current_records(folder, protocols)
     todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in jobs]
     done = lambda j: all((run_dir(c) / 'result.json').exists() for c in (j.planned.pretrain, j.planned.finetune) if c is not None)
-    todo = [(j, evs) for j, evs in todo if evs or not done(j)]       # an arm that is only a tool of another: trained only
+    needed = set().union(*(_runs_named(j) for j, evs in todo if evs))
+    todo = [(j, evs) for j, evs in todo if evs or (not done(j) and _own_runs(j) & needed)]   # a tool of a job with work: trained only
     to_train = {stage: pending_runs(getattr(j.planned, stage) for j, _ in todo) for stage in ('pretrain', 'finetune')}
     w = Work(r, shape, folder, protocols, jobs, found, todo, to_train, None)
     w.eta = TimeLeft.of(to_train['pretrain'] | to_train['finetune'], [w.ev_kind(j, e) for j, evs in todo for e in evs],
