@@ -22,8 +22,8 @@ __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDG
            'Comparison', 'PaperSetting', 'Grid', 'paper_table', 'grid_markdown', 'native_geometry', 'Resolved',
            'resolve_scale', 'Planned', 'plan', 'resolve_eps', 'metric_name', 'budget_kwargs', 'check_attack',
            'check_data', 'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol',
-           'results_folder', 'GridJob', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe', 'same_attack',
-           'twin_record', 'record_from_twin', 'arm_model', 'ttfp_model', 'records_of', 'comparison_rows',
+           'results_folder', 'GridJob', 'check_subset', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe',
+           'same_attack', 'twin_record', 'record_from_twin', 'arm_model', 'ttfp_model', 'records_of', 'comparison_rows',
            'report_markdown', 'plot_comparisons', 'Reproduction', 'current_records', 'write_report', 'Work',
            'work_left', 'reproduce', 'committed_report', 'plan_summary', 'cli_reproduce']
 
@@ -797,14 +797,27 @@ class GridJob:
         return run_dir(self.planned.pretrain if ev.what == 'probe' else self.planned.finetune).name
 
 # %% ../nbs/18_reproduce.ipynb #d394db98
-def grid_jobs(paper:str, scale:str='micro', dataset=None, root=None, channels=None, out='runs', seeds:int|None=None) -> list:
-    "The `GridJob`s of a grid: seed 0 for every arm first, then the extra seeds of the non-ablation arms."
+def check_subset(paper:str, arms=None, evaluations=None):
+    "Raise a ValueError naming the grid's arms or evaluations when `arms` or `evaluations` holds a name the grid lacks."
+    g = GRIDS[paper]
+    for what, names, known in (('arm', arms, [a.name for a in g.arms]), ('evaluation', evaluations, [e.name for e in g.evaluations])):
+        bad = [n for n in names or () if n not in known]
+        if bad: raise ValueError(f"{paper}'s grid has no {what} {', '.join(map(repr, bad))}; its {what}s: {', '.join(known)}.")
+
+def grid_jobs(paper:str, scale:str='micro', dataset=None, root=None, channels=None, out='runs', seeds:int|None=None,
+              arms=None, evaluations=None) -> list:
+    """The `GridJob`s of a grid: seed 0 for every arm first, then the extra seeds of the non-ablation arms. With `arms` or
+    `evaluations`, only those evaluations of those arms are asked for; the other arms stay as jobs without evaluations,
+    which `work_left` trains only when an asked-for arm needs their runs."""
+    check_subset(paper, arms, evaluations)
     g, r = GRIDS[paper], resolve_scale(paper, scale, dataset, root, channels)
+    asked = lambda a, e: (arms is None or a.name in arms) and (evaluations is None or e.name in evaluations)
     jobs = []
     for s in range(seeds or r.seeds):
         for pl in plan(paper, scale, dataset, root, channels, out, s):
             if s and pl.arm.role == 'ablation': continue
-            jobs.append(GridJob(pl, s, [e for e in g.evaluations if pl.arm.evaluate and (e.arms is None or pl.arm.name in e.arms)]))
+            jobs.append(GridJob(pl, s, [e for e in g.evaluations if pl.arm.evaluate and (e.arms is None or pl.arm.name in e.arms)
+                                        and asked(pl.arm, e)]))
     return jobs
 
 # %% ../nbs/18_reproduce.ipynb #7599b0e2
@@ -1097,8 +1110,9 @@ def _runs_named(job:GridJob) -> set:
     return {v for v in vals if isinstance(v, str)}
 
 def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
-              results='results', seeds:int|None=None) -> Work:
-    "What `reproduce` with these arguments would do, and the time it would take (priced from `out` and the records)."
+              results='results', seeds:int|None=None, arms=None, evaluations=None) -> Work:
+    """What `reproduce` with these arguments would do, and the time it would take (priced from `out` and the records).
+    `jobs` is the whole grid (its report); `todo` only what `arms` and `evaluations` ask for, with the runs they need."""
     from mimbench.train import run_dir
     from mimbench.data import get_dataset
     g, r = GRIDS[paper], resolve_scale(paper, scale, dataset, root, channels)
@@ -1107,8 +1121,9 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     shape = (r.data['channels'], r.data['img_size'], r.data['img_size'])
     protocols = {e.name: evaluation_protocol(g, e, r, shape, len(test)) for e in g.evaluations}
     jobs = grid_jobs(paper, scale, dataset, root, channels, out, seeds)
+    asked = jobs if arms is None and evaluations is None else grid_jobs(paper, scale, dataset, root, channels, out, seeds, arms, evaluations)
     found = current_records(folder, protocols)
-    todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in jobs]
+    todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in asked]
     done = lambda j: all((run_dir(c) / 'result.json').exists() for c in (j.planned.pretrain, j.planned.finetune) if c is not None)
     needed = set().union(*(_runs_named(j) for j, evs in todo if evs))
     todo = [(j, evs) for j, evs in todo if evs or (not done(j) and _own_runs(j) & needed)]   # a tool of a job with work: trained only
@@ -1133,13 +1148,15 @@ def _evaluate_or_reuse(job, ev, model, evaluated, protocol, folder, known:list, 
     return EVALUATORS[ev.what](job, model, evaluated, protocol, folder, progress)
 
 def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
-              results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print) -> Reproduction:
-    "Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report."
+              results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print,
+              arms=None, evaluations=None) -> Reproduction:
+    """Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report.
+    `arms`/`evaluations`: only those (and the runs they need); the report still covers every current record of the grid."""
     from mimbench.train import train, run_dir
     t_start = time.time()
     problems = dry_run(paper, scale, dataset, root, channels)
     if problems: raise ValueError(f"{paper} @ {scale} cannot run ({len(problems)} problem(s)):\n" + '\n'.join(f"  - {p}" for p in problems))
-    w = work_left(paper, scale, dataset, root, channels, out, results, seeds)
+    w = work_left(paper, scale, dataset, root, channels, out, results, seeds, arms, evaluations)
     r, shape, folder, protocols, jobs, found, todo, eta = w.resolved, w.shape, w.folder, w.protocols, w.jobs, w.found, w.todo, w.eta
     log(f"{paper} @ {scale}: {w}; records in {folder}")
     known = load_records(results)                # where an evaluation may already have been made (`twin_record`)
@@ -1217,14 +1234,19 @@ def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 o
                   out:str='runs',             # the run folder (the run cache)
                   results:str='results',      # records and report go to RESULTS/reproduce/PAPER/SCALE-DATASET
                   seeds:int=None,             # seeds of the baseline, controls and headline arms (default: the scale's)
+                  arms:str=None,              # only these arms, comma-separated (the runs they need are trained too)
+                  evaluations:str=None,       # only these evaluations, comma-separated
                   max_minutes:float=None,     # stop between stages after this long; the same command goes on
                   no_progress:store_true=False,  # hide progress bars
                   dry_run:store_true=False):  # build and check every configuration of the grid without training
     "Each paper's experiment grid with its controls: train, evaluate and report (`--dry-run`: check every configuration)."
     if paper not in GRIDS: raise KeyError(f"Unknown paper {paper!r}; use one of: {', '.join(sorted(GRIDS))}.")
+    arms, evaluations = (x.split(',') if x else None for x in (arms, evaluations))
+    check_subset(paper, arms, evaluations)
     print(plan_summary(paper, scale, dataset, root, channels))
     if not dry_run:
-        res = reproduce(paper, scale, dataset, root, channels, out, results, seeds, max_minutes, progress=not no_progress)
+        res = reproduce(paper, scale, dataset, root, channels, out, results, seeds, max_minutes, progress=not no_progress,
+                        arms=arms, evaluations=evaluations)
         print('', *(f"{v:>12}  {k}" for k, v in res.verdicts.items()), f"\nreport: {res.report}", sep='\n')
         if not res.complete: raise SystemExit(3)
         return
@@ -1235,4 +1257,4 @@ def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 o
         raise SystemExit(1)
     print(f"\ndry run: no problems ({time.time() - t:.1f}s)")
     print(f"to do, with the run cache {out} and the records under {results}: "
-          f"{work_left(paper, scale, dataset, root, channels, out, results, seeds)}")
+          f"{work_left(paper, scale, dataset, root, channels, out, results, seeds, arms, evaluations)}")

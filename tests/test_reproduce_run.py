@@ -93,6 +93,23 @@ def test_cli_runs_the_grid(tmp_path, monkeypatch, capsys):
     assert 'report:' in out and any(v in out for v in ('held', 'inconclusive'))
     assert (tmp_path / 'results' / 'reproduce' / 'nim-de3' / 'micro-fashion-mnist' / 'report.md').exists()
 
+def test_cli_runs_part_of_the_grid(tmp_path):
+    "`--arms`/`--evaluations`: only those records are made (and only their runs trained); the report still lists every comparison."
+    import subprocess, sys
+    from pathlib import Path
+    cmd = [str(Path(sys.executable).parent / 'mimbench'), 'reproduce', 'nim-de3', '--scale', 'micro', '--out', str(tmp_path / 'runs'),
+           '--results', str(tmp_path / 'results'), '--no-progress']
+    p = subprocess.run(cmd + ['--arms', 'mae,nim', '--evaluations', 'fgsm'], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    folder = tmp_path / 'results' / 'reproduce' / 'nim-de3' / 'micro-fashion-mnist'
+    recs = load_records(folder)
+    assert sorted((r.protocol['name'], r.method) for r in recs) == [('nim-de3.fgsm', 'mae'), ('nim-de3.fgsm', 'nim')]
+    assert sorted(d.name.split('-')[1] for d in (tmp_path / 'runs').iterdir() if (d / 'result.json').exists()) == ['ce', 'ce', 'mae', 'nim']
+    report = (folder / 'report.md').read_text()
+    assert all(c.claim in report for c in GRIDS['nim-de3'].comparisons)
+    p = subprocess.run(cmd + ['--arms', 'mae,nmi'], capture_output=True, text=True)
+    assert p.returncode == 1 and "nim-de3's grid has no arm 'nmi'; its arms: mae," in p.stderr, p.stdout + p.stderr
+
 def test_reproduce_refuses_a_broken_grid(tmp_path, monkeypatch):
     "A grid whose dry run finds problems trains nothing and says what is wrong."
     from mimbench.reproduce import Evaluation
