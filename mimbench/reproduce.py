@@ -921,7 +921,7 @@ def records_of(records:list, paper:str, evaluation:str, arm:str, seeds=None) -> 
     "The records of `arm` under the grid evaluation `evaluation` (of `seeds`, or all seeds)."
     return [r for r in records if r.protocol['name'] == f"{paper}.{evaluation}" and r.method == arm and (seeds is None or r.seed in seeds)]
 
-def _seed_list(seeds) -> str: return '–'.join(map(str, seeds)) if list(seeds) == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 else ', '.join(map(str, seeds))
+def _seeds_text(seeds) -> str: return '–'.join(map(str, seeds)) if list(seeds) == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 else ', '.join(map(str, seeds))
 
 # %% ../nbs/18_reproduce.ipynb #4dcf3056
 def comparison_rows(paper:str, records:list, shape) -> list:
@@ -937,7 +937,7 @@ def comparison_rows(paper:str, records:list, shape) -> list:
         m_a, m_b = metric_name(g, c, shape, 'a'), metric_name(g, c, shape, 'b')
         res = compare_records(ra, rb, m_a, m_b) if ra and rb else {'verdict': 'inconclusive', 'test': None, 'reason': (
             'no evaluation with clean flags for both arms' if not ev_a else
-            f"no records yet of seeds {_seed_list(c.seeds)}, the seeds that test it (`--seeds {max(c.seeds) + 1}` plans them)" if c.seeds else 'no records yet')}
+            f"no records yet of seeds {_seeds_text(c.seeds)}, the seeds that test it (`--seeds {max(c.seeds) + 1}` plans them)" if c.seeds else 'no records yet')}
         for side, rs, m in (('a', ra, m_a), ('b', rb, m_b)):      # metrics without flags (mCA): the records' mean
             if f'acc_{side}' not in res and rs and all(m in r.extra or m in r.metrics for r in rs):
                 res[f'acc_{side}'] = float(np.mean([r.metrics.get(m, r.extra.get(m)) for r in rs]))
@@ -993,7 +993,7 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
         ev = f"{row['evaluation'] or '–'}" + (f" vs {row['evaluation_b']}" if row['evaluation_b'] != row['evaluation'] else '')
         ours = lambda s: _pct(row.get(f'acc_{s}')) + (f" [{_pct(row[f'interval_{s}'][0])}, {_pct(row[f'interval_{s}'][1])}]"
                                                       if f'interval_{s}' in row else '')
-        lines.append(f"| {c.claim}{f' (seeds {_seed_list(c.seeds)})' if c.seeds else ''} | {c.a} | {c.b} | {ev} · {row['metric']} | {_paper(c.paper_a)} | {pb} | {ours('a')} | "
+        lines.append(f"| {c.claim}{f' (seeds {_seeds_text(c.seeds)})' if c.seeds else ''} | {c.a} | {c.b} | {ev} · {row['metric']} | {_paper(c.paper_a)} | {pb} | {ours('a')} | "
                      f"{ours('b')} | {_test_text(row)} | **{row['verdict']}** |")
     lines += ['', 'Sources: ' + '; '.join(f"{c.claim}: {c.source}" for c in g.comparisons if c.source), '', '## Records', '']
     for ev in g.evaluations:
