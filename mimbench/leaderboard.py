@@ -18,8 +18,8 @@ from .corruptions import mca_table
 # %% auto #0
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
            'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
-           'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'usable_cores', 'run_leaderboard',
-           'cli_leaderboard']
+           'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'stage_hours', 'plan_budget',
+           'usable_cores', 'run_leaderboard', 'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -423,24 +423,45 @@ def _evaluate_job(job:Job, scale:Scale, root, data_root, progress):
     return evaluate_protocol(model, protocol, job.label, job.seed, recipe='de3', evaluated=ev, root=root,
                              dataset=job.finetune.dataset, data_root=data_root, progress=progress)
 
-def _work(todo:list, scale:Scale, earlier:dict) -> tuple:
-    "The runs `todo` still has to train ({run dir: kind}), its evaluations' kinds, and their `TimeLeft`."
-    pending = pending_runs(c for j in todo for c in (j.pretrain, j.finetune))
+def _work(todo:list, scale:Scale, earlier:dict, fresh:bool=False) -> tuple:
+    """The runs `todo` still has to train ({run dir: kind}), its evaluations' kinds, and their `TimeLeft`. `fresh`: as if
+    nothing were trained yet (every run of `todo` counted once), to price the whole plan."""
+    from mimbench.train import run_dir
+    configs = [c for j in todo for c in (j.pretrain, j.finetune) if c is not None]
+    pending = {str(run_dir(c)): stage_kind(c) for c in configs} if fresh else pending_runs(configs)
     evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n, None if j.sigma is None else 'de3') for j in todo]
     return pending, evaluations, TimeLeft.of(pending, evaluations, earlier)
 
-def shard_jobs(todo:list, workers:int, scale:Scale, earlier:dict) -> list:
+def shard_jobs(todo:list, workers:int, scale:Scale, earlier:dict, fresh:bool=False) -> list:
     """`todo` split into `workers` lists of about equal time (priced like `TimeLeft`, from `earlier`), each in the plan's
     order. Jobs that share a pretraining run (or, without one, a fine-tuning run) stay together: the run is trained
     once, and no worker waits on another's run lock."""
     from mimbench.train import run_dir
     groups = {}
     for i, j in enumerate(todo): groups.setdefault(str(run_dir(j.pretrain if j.pretrain is not None else j.finetune)), []).append(i)
-    cost = lambda g: _work([todo[i] for i in g], scale, earlier)[2].seconds()[0]
+    cost = lambda g: _work([todo[i] for i in g], scale, earlier, fresh)[2].seconds()[0]
     parts, load = [[] for _ in range(workers)], [(0., 0)] * workers
     for g in sorted(groups.values(), key=lambda g: (-cost(g), -len(g), g[0])):          # longest first, to the least loaded
         w = load.index(min(load)); parts[w] += g; load[w] = (load[w][0] + cost(g), load[w][1] + len(g))
     return [[todo[i] for i in sorted(p)] for p in parts]
+
+def stage_hours(eta:TimeLeft) -> dict:
+    "Hours of a `TimeLeft` by stage ('pretrain', 'finetune', 'evaluate'), from the kinds that have a time."
+    out = {}
+    for kind, n in eta.left.items():
+        ts = eta.now.get(kind) or eta.earlier.get(kind)
+        if n and ts: out[kind.split()[0]] = out.get(kind.split()[0], 0.) + n * float(np.mean(ts)) / 3600
+    return out
+
+def plan_budget(jobs:list, scale:Scale, earlier:dict, workers:int=2) -> str:
+    """The whole plan from nothing, priced like the time left (the kinds' measured times): hours by stage, in all, and the
+    wall time with `workers` jobs at once (the longest worker's share, `shard_jobs`); kinds never timed are named."""
+    eta = _work(jobs, scale, earlier, fresh=True)[2]
+    total, unknown = eta.seconds()
+    walls = [_work(p, scale, earlier, fresh=True)[2].seconds()[0] for p in shard_jobs(jobs, workers, scale, earlier, fresh=True)]
+    stages = ', '.join(f"{k} {h:.1f} h" for k, h in stage_hours(eta).items())
+    return (f"the whole plan from nothing: {len(jobs)} jobs, ≈ {total / 3600:.1f} job-hours" + (f" ({stages})" if stages else '')
+            + f", ≈ {max(walls) / 3600:.1f} h with {workers} workers" + (f"; not yet timed: {', '.join(unknown)}" if unknown else ''))
 
 def _run_jobs(todo:list, scale:Scale, root, data_root, earlier:dict, max_minutes, progress, log) -> dict:
     "Train, fine-tune and evaluate `todo` in order (one process); returns stage timings and what was done."
@@ -529,6 +550,7 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
                 log(f"  {p}: {len(pend)} runs to train, {len(js)} evaluations: {t}")
         if len(parts) > 1:                        # each worker's share (records so far: one thread per job, two jobs at once)
             for k, part in enumerate(parts): log(f"  worker {k + 1}: {len(part)} jobs, {_work(part, scale, earlier)[2]}")
+        if todo: log(plan_budget(jobs, scale, earlier, max(workers, 2)))
         return {'todo': len(todo), 'done': 0, 'seconds': {}}
     if len(parts) > 1: return _run_parallel(parts, scale, root, data_root, earlier, max_minutes, log)
     return _run_jobs(todo, scale, root, data_root, earlier, max_minutes, progress, log)
