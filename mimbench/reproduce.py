@@ -13,7 +13,7 @@ from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
 from .leaderboard import (SCALES, TimeLeft, defended, earlier_timings, evaluation_kind, pending_runs, stage_kind,
-                                  stale_code_version)
+                                  stage_hours, stale_code_version)
 from .attacks import ATTACKS
 from torch import nn
 
@@ -1089,8 +1089,19 @@ class Work:
     todo: list                                 # [(GridJob, [Evaluation still to run])] of the jobs with anything to do
     to_train: dict                             # 'pretrain'/'finetune' → {run dir: timing kind} not yet trained
     eta: TimeLeft
+    earlier: dict = field(default_factory=dict)  # timing kind → seconds measured before (runs in the run folder, records)
 
     def ev_kind(self, job, ev) -> str: return evaluation_kind(self.protocols[ev.name].name, self.protocols[ev.name].n, job.arm.defense)
+
+    def whole_grid(self) -> str:
+        "The whole grid from nothing, priced like the time left: job-hours by stage (each run once), and the kinds never timed."
+        from mimbench.train import run_dir
+        runs = {str(run_dir(c)): stage_kind(c) for j in self.jobs for c in (j.planned.pretrain, j.planned.finetune) if c is not None}
+        eta = TimeLeft.of(runs, [self.ev_kind(j, e) for j in self.jobs for e in j.evaluations], self.earlier)
+        (total, unknown), stages = eta.seconds(), stage_hours(eta)
+        return (f"the whole grid from nothing: {len(self.jobs)} arm×seed jobs, ≈ {total / 3600:.1f} job-hours"
+                + (f" ({', '.join(f'{k} {h:.1f} h' for k, h in stages.items())})" if stages else '')
+                + " — on two cores at best half that, two jobs at once" + (f"; not yet timed: {', '.join(unknown)}" if unknown else ''))
 
     def __str__(self):
         n_ev = sum(len(evs) for _, evs in self.todo)
@@ -1128,9 +1139,8 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     needed = set().union(*(_runs_named(j) for j, evs in todo if evs))
     todo = [(j, evs) for j, evs in todo if evs or (not done(j) and _own_runs(j) & needed)]   # a tool of a job with work: trained only
     to_train = {stage: pending_runs(getattr(j.planned, stage) for j, _ in todo) for stage in ('pretrain', 'finetune')}
-    w = Work(r, shape, folder, protocols, jobs, found, todo, to_train, None)
-    w.eta = TimeLeft.of(to_train['pretrain'] | to_train['finetune'], [w.ev_kind(j, e) for j, evs in todo for e in evs],
-                        earlier_timings(out, load_records(folder)))
+    w = Work(r, shape, folder, protocols, jobs, found, todo, to_train, None, earlier_timings(out, load_records(folder)))
+    w.eta = TimeLeft.of(to_train['pretrain'] | to_train['finetune'], [w.ev_kind(j, e) for j, evs in todo for e in evs], w.earlier)
     return w
 
 def _evaluate_or_reuse(job, ev, model, evaluated, protocol, folder, known:list, progress, log) -> list:
@@ -1256,5 +1266,5 @@ def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 o
         print(f"\ndry run: {len(problems)} problem(s) in {time.time() - t:.1f}s:", *(f"  - {p}" for p in problems), sep='\n')
         raise SystemExit(1)
     print(f"\ndry run: no problems ({time.time() - t:.1f}s)")
-    print(f"to do, with the run cache {out} and the records under {results}: "
-          f"{work_left(paper, scale, dataset, root, channels, out, results, seeds, arms, evaluations)}")
+    w = work_left(paper, scale, dataset, root, channels, out, results, seeds, arms, evaluations)
+    print(f"to do, with the run cache {out} and the records under {results}: {w}\n{w.whole_grid()}")
