@@ -18,8 +18,8 @@ from .corruptions import mca_table
 # %% auto #0
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
            'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
-           'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'stage_hours', 'plan_budget',
-           'usable_cores', 'run_leaderboard', 'cli_leaderboard']
+           'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'balance', 'stage_hours', 'plan_budget',
+           'in_worker', 'usable_cores', 'run_workers', 'run_leaderboard', 'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -440,10 +440,14 @@ def shard_jobs(todo:list, workers:int, scale:Scale, earlier:dict, fresh:bool=Fal
     groups = {}
     for i, j in enumerate(todo): groups.setdefault(str(run_dir(j.pretrain if j.pretrain is not None else j.finetune)), []).append(i)
     cost = lambda g: _work([todo[i] for i in g], scale, earlier, fresh)[2].seconds()[0]
+    return [[todo[i] for i in p] for p in balance(list(groups.values()), cost, workers)]
+
+def balance(groups:list, cost, workers:int) -> list:
+    "`groups` (lists of indices) dealt to `workers` lists of about equal `cost(group)`: longest first, to the least loaded; each sorted."
     parts, load = [[] for _ in range(workers)], [(0., 0)] * workers
-    for g in sorted(groups.values(), key=lambda g: (-cost(g), -len(g), g[0])):          # longest first, to the least loaded
+    for g in sorted(groups, key=lambda g: (-cost(g), -len(g), g[0])):
         w = load.index(min(load)); parts[w] += g; load[w] = (load[w][0] + cost(g), load[w][1] + len(g))
-    return [[todo[i] for i in sorted(p)] for p in parts]
+    return [sorted(p) for p in parts]
 
 def stage_hours(eta:TimeLeft) -> dict:
     "Hours of a `TimeLeft` by stage ('pretrain', 'finetune', 'evaluate'), from the kinds that have a time."
@@ -484,44 +488,52 @@ def _run_jobs(todo:list, scale:Scale, root, data_root, earlier:dict, max_minutes
     return {'todo': len(todo), 'done': done, 'seconds': {k: [round(s, 1) for s in v] for k, v in seconds.items()},
             'wall': round(time.time() - t_start, 1)}
 
-def _worker(part:list, scale:Scale, root, data_root, earlier:dict, max_minutes, threads:int, name:str) -> dict:
-    """`_run_jobs` in a worker process with `threads` torch threads, printing its log lines after `name`. An error comes
-    back as data (its message, whether it is the user's mistake, the traceback), since a traceback does not cross processes."""
+def in_worker(fn, args:tuple, threads:int, name:str) -> dict:
+    """`fn(*args, log)` in a worker process with `threads` torch threads, `log` printing after `name`. An error comes back
+    as data (its message, whether it is the user's mistake, the traceback), since a traceback does not cross processes."""
     import functools, traceback, torch
     from mimbench.cli import user_error
     torch.set_num_threads(threads)
-    try: return _run_jobs(part, scale, root, data_root, earlier, max_minutes, False, functools.partial(print, f"[{name}]", flush=True))
+    try: return fn(*args, functools.partial(print, f"[{name}]", flush=True))
     except Exception as e: return {'error': f"{type(e).__name__}: {e}", 'user_error': user_error(e), 'traceback': traceback.format_exc()}
 
-def _raise_worker_errors(results:list):
+def _raise_worker_errors(results:list, what:str):
     "Raise the first worker's error: a user's mistake as a `ValueError` with its message (the CLI prints it), else with its traceback."
     failed = [(k + 1, r) for k, r in enumerate(results) if 'error' in r]
     if not failed: return
     k, r = failed[0]
     then = "the records the workers finished are saved, and the same command goes on from there"
-    if r['user_error']: raise ValueError(f"leaderboard worker {k}: {r['error']} ({then})")
-    raise RuntimeError(f"leaderboard worker {k} failed with {r['error']}; {then}. Its traceback:\n{r['traceback']}")
+    if r['user_error']: raise ValueError(f"{what} worker {k}: {r['error']} ({then})")
+    raise RuntimeError(f"{what} worker {k} failed with {r['error']}; {then}. Its traceback:\n{r['traceback']}")
 
 def usable_cores() -> int:
     "The CPU cores this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
-def _run_parallel(parts:list, scale:Scale, root, data_root, earlier:dict, max_minutes, log) -> dict:
-    """Each part in its own process (usable cores / workers torch threads each); the stage timings merged. The workers
-    print their own log lines (`log` gets the parent's). A worker that raises lets the others finish; one killed outright
-    (out of memory) breaks the pool, which stops the others too — the records already made are kept either way."""
+def run_workers(fn, args:list, what:str, log, sizes:list|None=None) -> list:
+    """`fn(*a, log)` for each `a` in `args`, each in its own spawned process with usable cores / workers torch threads
+    (`in_worker`); their results, in order. The workers print their own log lines (`log` gets this process's). A worker
+    that raises lets the others finish, then its error is raised here; one killed outright (out of memory) breaks the
+    pool, which stops the others too. Records already made are kept either way."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
-    threads, t_start = max(1, usable_cores() // len(parts)), time.time()
-    log(f"{len(parts)} workers, {threads} thread(s) each, progress bars off: " + ', '.join(f"worker {k + 1} {len(p)} jobs" for k, p in enumerate(parts)))
-    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context('spawn')) as pool:
-        futures = [pool.submit(_worker, p, scale, root, data_root, earlier, max_minutes, threads, f"worker {k + 1}") for k, p in enumerate(parts)]
+    threads = max(1, usable_cores() // len(args))
+    log(f"{len(args)} workers, {threads} thread(s) each, progress bars off" + (': ' + ', '.join(f"worker {k + 1} {n} jobs" for k, n in enumerate(sizes)) if sizes else ''))
+    with ProcessPoolExecutor(len(args), mp_context=multiprocessing.get_context('spawn')) as pool:
+        futures = [pool.submit(in_worker, fn, a, threads, f"worker {k + 1}") for k, a in enumerate(args)]
         try: results = [f.result() for f in futures]
         except BrokenProcessPool as e:
-            raise RuntimeError("a leaderboard worker process died (killed, e.g. out of memory), which stopped the others; the "
+            raise RuntimeError(f"a {what} worker process died (killed, e.g. out of memory), which stopped the others; the "
                                "records already made are saved, and the same command goes on from there") from e
-    _raise_worker_errors(results)
+    _raise_worker_errors(results, what)
+    return results
+
+def _run_parallel(parts:list, scale:Scale, root, data_root, earlier:dict, max_minutes, log) -> dict:
+    "Each part's `_run_jobs` in its own process (`run_workers`); the stage timings merged."
+    t_start = time.time()
+    results = run_workers(_run_jobs, [(p, scale, root, data_root, earlier, max_minutes, False) for p in parts], 'leaderboard', log,
+                          [len(p) for p in parts])
     seconds = {k: sum((r['seconds'][k] for r in results), []) for k in ('pretrain', 'finetune', 'evaluate')}
     return {'todo': sum(r['todo'] for r in results), 'done': sum(r['done'] for r in results), 'seconds': seconds,
             'wall': round(time.time() - t_start, 1)}

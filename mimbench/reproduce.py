@@ -25,7 +25,7 @@ __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDG
            'results_folder', 'GridJob', 'check_subset', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe',
            'same_attack', 'twin_record', 'record_from_twin', 'arm_model', 'ttfp_model', 'records_of', 'comparison_rows',
            'report_markdown', 'plot_comparisons', 'Reproduction', 'current_records', 'write_report', 'Work',
-           'work_left', 'reproduce', 'committed_report', 'plan_summary', 'cli_reproduce']
+           'work_left', 'job_groups', 'reproduce', 'committed_report', 'plan_summary', 'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -1157,47 +1157,85 @@ def _evaluate_or_reuse(job, ev, model, evaluated, protocol, folder, known:list, 
             return [rec]
     return EVALUATORS[ev.what](job, model, evaluated, protocol, folder, progress)
 
-def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
-              results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print,
-              arms=None, evaluations=None) -> Reproduction:
-    """Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report.
-    `arms`/`evaluations`: only those (and the runs they need); the report still covers every current record of the grid."""
+def job_groups(todo:list) -> list:
+    """Indices of `todo` ([(GridJob, evaluations)]) in groups that share a run — their own, or one they name (a teacher, a
+    denoiser) — so that one worker trains it and no worker waits on another's run lock."""
+    runs = set().union(*(_own_runs(j) for j, _ in todo))
+    parent = list(range(len(todo)))
+    def root(i):
+        while parent[i] != i: i = parent[i]
+        return i
+    owner = {}
+    for i, (j, _) in enumerate(todo):
+        for run in sorted((_own_runs(j) | _runs_named(j)) & runs):
+            if run in owner: parent[root(i)] = root(owner[run])
+            else: owner[run] = i
+    groups = {}
+    for i in range(len(todo)): groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+def _run_todo(w:Work, todo:list, known:list, max_minutes, progress:bool, log) -> dict:
+    "Train and evaluate `todo` in order (one process): what was trained and made, stage seconds, and whether it finished."
     from mimbench.train import train, run_dir
-    t_start = time.time()
-    problems = dry_run(paper, scale, dataset, root, channels)
-    if problems: raise ValueError(f"{paper} @ {scale} cannot run ({len(problems)} problem(s)):\n" + '\n'.join(f"  - {p}" for p in problems))
-    w = work_left(paper, scale, dataset, root, channels, out, results, seeds, arms, evaluations)
-    r, shape, folder, protocols, jobs, found, todo, eta = w.resolved, w.shape, w.folder, w.protocols, w.jobs, w.found, w.todo, w.eta
-    log(f"{paper} @ {scale}: {w}; records in {folder}")
-    known = load_records(results)                # where an evaluation may already have been made (`twin_record`)
-    seconds, trained, made, complete = {}, [], [], True
+    t_start, eta = time.time(), TimeLeft.of(pending_runs(c for j, _ in todo for c in (j.planned.pretrain, j.planned.finetune)),
+                                           [w.ev_kind(j, e) for j, evs in todo for e in evs], w.earlier)
+    seconds, trained, made = {}, [], []
     over = lambda: max_minutes is not None and time.time() - t_start > 60 * max_minutes
     for i, (job, evs) in enumerate(todo):
         for stage, cfg in (('pretrain', job.planned.pretrain), ('finetune', job.planned.finetune)):
             if cfg is None or (run_dir(cfg) / 'result.json').exists(): continue
-            if over(): complete = False; break
+            if over(): return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': False}
             log(f"[{i + 1}/{len(todo)}] {stage} {job.arm.name} seed {job.seed} — {eta}")
             t0 = time.time(); train(replace(cfg, progress=progress)); trained.append(str(run_dir(cfg)))
             seconds.setdefault(stage, []).append(time.time() - t0); eta.done(stage_kind(cfg), seconds[stage][-1])
-        if not complete: break
         model, evaluated = arm_model(job) if evs else (None, None)
         for ev in evs:
-            if over(): complete = False; break
+            if over(): return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': False}
             log(f"[{i + 1}/{len(todo)}] evaluate {ev.name} · {job.arm.name} seed {job.seed} — {eta}")
             t0 = time.time()
-            for rec in _evaluate_or_reuse(job, ev, model, evaluated, protocols[ev.name], folder, known, progress, log):
-                found.setdefault((ev.name, rec.method, rec.seed, job.target(ev)), []).append(rec); made.append(rec.key); known.append(rec)
+            for rec in _evaluate_or_reuse(job, ev, model, evaluated, w.protocols[ev.name], w.folder, known, progress, log):
+                made.append(rec.key); known.append(rec)
             seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(w.ev_kind(job, ev), seconds[f"evaluate {ev.name}"][-1])
-        if not complete: break
+    return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': True}
+
+def _run_todo_in_worker(paper:str, grid:Grid, w:Work, todo:list, results, max_minutes, log) -> dict:
+    "`_run_todo` in a worker process, under the caller's grid of `paper` (a spawned process rebuilds `GRIDS` from the source)."
+    GRIDS[paper] = grid
+    return _run_todo(w, todo, load_records(results), max_minutes, False, log)
+
+def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
+              results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print,
+              arms=None, evaluations=None, workers:int=1) -> Reproduction:
+    """Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report.
+    `arms`/`evaluations`: only those (and the runs they need); the report still covers every current record of the grid.
+    `workers` > 1: that many jobs at once, each worker its own process, jobs that share a run in one (`job_groups`)."""
+    from mimbench.leaderboard import balance, run_workers
+    if not (isinstance(workers, int) and workers >= 1): raise ValueError(f"--workers takes a whole number ≥ 1 (processes); got {workers!r}.")
+    t_start = time.time()
+    problems = dry_run(paper, scale, dataset, root, channels)
+    if problems: raise ValueError(f"{paper} @ {scale} cannot run ({len(problems)} problem(s)):\n" + '\n'.join(f"  - {p}" for p in problems))
+    w = work_left(paper, scale, dataset, root, channels, out, results, seeds, arms, evaluations)
+    log(f"{paper} @ {scale}: {w}; records in {w.folder}")
+    cost = lambda g: TimeLeft.of(pending_runs(c for i in g for c in (w.todo[i][0].planned.pretrain, w.todo[i][0].planned.finetune)),
+                                 [w.ev_kind(w.todo[i][0], e) for i in g for e in w.todo[i][1]], w.earlier).seconds()[0]
+    parts = [[w.todo[i] for i in p] for p in balance(job_groups(w.todo), cost, workers) if p] if workers > 1 else [w.todo]
+    if len(parts) > 1:
+        done = run_workers(_run_todo_in_worker, [(paper, GRIDS[paper], w, p, results, max_minutes) for p in parts], 'reproduce', log,
+                           [len(p) for p in parts])
+    else: done = [_run_todo(w, w.todo, load_records(results), max_minutes, progress, log)]
+    complete = all(d['complete'] for d in done)
+    trained, made = sum((d['trained'] for d in done), []), sum((d['made'] for d in done), [])
+    seconds = {k: sum((d['seconds'].get(k, []) for d in done), []) for k in dict.fromkeys(k for d in done for k in d['seconds'])}
     if not complete: log(f"stopped: --max-minutes {max_minutes:g} reached; the same command goes on from here")
-    keep = {(e.name, j.arm.name, j.seed, j.target(e)) for j in jobs for e in j.evaluations}
+    found = current_records(w.folder, w.protocols)            # what this run made, with what was there
+    keep = {(e.name, j.arm.name, j.seed, j.target(e)) for j in w.jobs for e in j.evaluations}
     records = list({id(x): x for k, v in found.items() if k in keep for x in v}.values())
-    rows = comparison_rows(paper, records, shape)
+    rows = comparison_rows(paper, records, w.shape)
     status = '' if complete else f"Incomplete: stopped after {max_minutes:g} minutes; run the same command again to go on."
-    report, figure = write_report(paper, folder, records, rows, r, status)
+    report, figure = write_report(paper, w.folder, records, rows, w.resolved, status)
     secs = {k: [round(s, 1) for s in v] for k, v in seconds.items()} | {'wall': round(time.time() - t_start, 1)}
     log(f"{paper} @ {scale}: {len(made)} records made, {len(trained)} runs trained in {secs['wall']:.0f}s; report {report}")
-    return Reproduction(paper, scale, folder, records, rows, report, figure, trained, made, complete, secs)
+    return Reproduction(paper, scale, w.folder, records, rows, report, figure, trained, made, complete, secs)
 
 # %% ../nbs/18_reproduce.ipynb #47907ca7
 def committed_report(paper:str, results='results', scale:str='small', dataset:str|None=None, methods=None) -> str:
@@ -1246,6 +1284,7 @@ def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 o
                   seeds:int=None,             # seeds of the baseline, controls and headline arms (default: the scale's)
                   arms:str=None,              # only these arms, comma-separated (the runs they need are trained too)
                   evaluations:str=None,       # only these evaluations, comma-separated
+                  workers:int=1,              # jobs at once, each worker a process with cores/workers threads
                   max_minutes:float=None,     # stop between stages after this long; the same command goes on
                   no_progress:store_true=False,  # hide progress bars
                   dry_run:store_true=False):  # build and check every configuration of the grid without training
@@ -1256,7 +1295,7 @@ def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 o
     print(plan_summary(paper, scale, dataset, root, channels))
     if not dry_run:
         res = reproduce(paper, scale, dataset, root, channels, out, results, seeds, max_minutes, progress=not no_progress,
-                        arms=arms, evaluations=evaluations)
+                        arms=arms, evaluations=evaluations, workers=workers)
         print('', *(f"{v:>12}  {k}" for k, v in res.verdicts.items()), f"\nreport: {res.report}", sep='\n')
         if not res.complete: raise SystemExit(3)
         return

@@ -110,6 +110,19 @@ def test_cli_runs_part_of_the_grid(tmp_path):
     p = subprocess.run(cmd + ['--arms', 'mae,nmi'], capture_output=True, text=True)
     assert p.returncode == 1 and "nim-de3's grid has no arm 'nmi'; its arms: mae," in p.stderr, p.stdout + p.stderr
 
+def test_two_workers_run_the_grid(tmp_path, monkeypatch, capfd):
+    "`workers=2`: MAE's and NIM's jobs (no run in common) in two processes under the caller's trimmed grid; the report from both."
+    monkeypatch.setitem(GRIDS, 'nim-de3', trimmed('nim-de3', ('mae', 'nim'), ('fgsm',)))
+    kw = dict(out=str(tmp_path / 'runs'), results=str(tmp_path / 'results'))
+    res = reproduce('nim-de3', 'micro', workers=2, **kw)
+    out = capfd.readouterr().out
+    assert '2 workers, ' in out and '[worker 1] [1/1] pretrain' in out and '[worker 2] [1/1] pretrain' in out, out
+    assert sorted(r.method for r in res.records) == ['mae', 'nim'] and sorted(res.evaluated) == sorted(r.key for r in res.records)
+    assert len(res.trained) == 4 and res.complete and all(check_record(r) == [] for r in res.records)
+    assert_rows_follow_the_records('nim-de3', res)
+    again = reproduce('nim-de3', 'micro', workers=2, log=lambda *a: None, **kw)
+    assert (again.trained, again.evaluated, again.verdicts) == ([], [], res.verdicts)
+
 def test_reproduce_refuses_a_broken_grid(tmp_path, monkeypatch):
     "A grid whose dry run finds problems trains nothing and says what is wrong."
     from mimbench.reproduce import Evaluation
