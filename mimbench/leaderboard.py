@@ -18,8 +18,8 @@ from .corruptions import mca_table
 # %% auto #0
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
            'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
-           'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'balance', 'stage_hours', 'plan_budget',
-           'in_worker', 'usable_cores', 'run_workers', 'run_leaderboard', 'cli_leaderboard']
+           'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'priced_seconds', 'balance', 'stage_hours',
+           'plan_budget', 'in_worker', 'usable_cores', 'run_workers', 'run_leaderboard', 'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -439,8 +439,18 @@ def shard_jobs(todo:list, workers:int, scale:Scale, earlier:dict, fresh:bool=Fal
     from mimbench.train import run_dir
     groups = {}
     for i, j in enumerate(todo): groups.setdefault(str(run_dir(j.pretrain if j.pretrain is not None else j.finetune)), []).append(i)
-    cost = lambda g: _work([todo[i] for i in g], scale, earlier, fresh)[2].seconds()[0]
+    cost = lambda g: priced_seconds(_work([todo[i] for i in g], scale, earlier, fresh)[2])
     return [[todo[i] for i in p] for p in balance(list(groups.values()), cost, workers)]
+
+def priced_seconds(eta:TimeLeft) -> float:
+    """Seconds of a `TimeLeft` for dealing work to workers: a kind never timed counts at the mean time of its stage's timed
+    kinds (else of all timed kinds, else one second), so untimed work is spread like the rest, not piled on one worker."""
+    times = {k: float(np.mean(eta.now.get(k) or eta.earlier.get(k))) for k in {**eta.earlier, **eta.now} if eta.now.get(k) or eta.earlier.get(k)}
+    def price(kind):
+        if kind in times: return times[kind]
+        same = [t for k, t in times.items() if k.split()[0] == kind.split()[0]] or list(times.values())
+        return float(np.mean(same)) if same else 1.
+    return sum(n * price(k) for k, n in eta.left.items())
 
 def balance(groups:list, cost, workers:int) -> list:
     "`groups` (lists of indices) dealt to `workers` lists of about equal `cost(group)`: longest first, to the least loaded; each sorted."
@@ -467,11 +477,12 @@ def plan_budget(jobs:list, scale:Scale, earlier:dict, workers:int=2) -> str:
     return (f"the whole plan from nothing: {len(jobs)} jobs, ≈ {total / 3600:.1f} job-hours" + (f" ({stages})" if stages else '')
             + f", ≈ {max(walls) / 3600:.1f} h with {workers} workers" + (f"; not yet timed: {', '.join(unknown)}" if unknown else ''))
 
-def _run_jobs(todo:list, scale:Scale, root, data_root, earlier:dict, max_minutes, progress, log) -> dict:
-    "Train, fine-tune and evaluate `todo` in order (one process); returns stage timings and what was done."
+def _run_jobs(todo:list, scale:Scale, root, data_root, earlier:dict, max_minutes, t_start:float, progress, log) -> dict:
+    """Train, fine-tune and evaluate `todo` in order (one process); returns stage timings and what was done. `max_minutes`
+    counts from `t_start` (the command's start, a wall-clock time every worker shares)."""
     from mimbench.train import train, run_dir
     _, evaluations, eta = _work(todo, scale, earlier)
-    seconds, t_start, done = {'pretrain': [], 'finetune': [], 'evaluate': []}, time.time(), 0
+    seconds, done = {'pretrain': [], 'finetune': [], 'evaluate': []}, 0
     for i, j in enumerate(todo):
         if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
             log(f"stopping after {done} jobs: --max-minutes {max_minutes:g} reached; run the same command again to go on"); break
@@ -529,10 +540,9 @@ def run_workers(fn, args:list, what:str, log, sizes:list|None=None) -> list:
     _raise_worker_errors(results, what)
     return results
 
-def _run_parallel(parts:list, scale:Scale, root, data_root, earlier:dict, max_minutes, log) -> dict:
+def _run_parallel(parts:list, scale:Scale, root, data_root, earlier:dict, max_minutes, t_start:float, log) -> dict:
     "Each part's `_run_jobs` in its own process (`run_workers`); the stage timings merged."
-    t_start = time.time()
-    results = run_workers(_run_jobs, [(p, scale, root, data_root, earlier, max_minutes, False) for p in parts], 'leaderboard', log,
+    results = run_workers(_run_jobs, [(p, scale, root, data_root, earlier, max_minutes, t_start, False) for p in parts], 'leaderboard', log,
                           [len(p) for p in parts])
     seconds = {k: sum((r['seconds'][k] for r in results), []) for k in ('pretrain', 'finetune', 'evaluate')}
     return {'todo': sum(r['todo'] for r in results), 'done': sum(r['done'] for r in results), 'seconds': seconds,
@@ -544,7 +554,7 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
     what was done. `workers` > 1 runs that many jobs at once, each worker in its own process (`shard_jobs`)."""
     from mimbench.train import run_dir, run_hash
     if not (isinstance(workers, int) and workers >= 1): raise ValueError(f"--workers takes a whole number ≥ 1 (processes); got {workers!r}.")
-    scale = SCALES[scale] if isinstance(scale, str) else scale
+    t_start, scale = time.time(), SCALES[scale] if isinstance(scale, str) else scale
     jobs = plan_jobs(scale, protocols, methods, out, data_root, seeds)
     records = load_records(root)
     todo = [j for j in jobs if _existing(records, j, scale, run_hash(j.finetune)) is None]
@@ -564,8 +574,8 @@ def run_leaderboard(scale='small', protocols=None, methods=None, root='results',
             for k, part in enumerate(parts): log(f"  worker {k + 1}: {len(part)} jobs, {_work(part, scale, earlier)[2]}")
         if todo: log(plan_budget(jobs, scale, earlier, max(workers, 2)))
         return {'todo': len(todo), 'done': 0, 'seconds': {}}
-    if len(parts) > 1: return _run_parallel(parts, scale, root, data_root, earlier, max_minutes, log)
-    return _run_jobs(todo, scale, root, data_root, earlier, max_minutes, progress, log)
+    if len(parts) > 1: return _run_parallel(parts, scale, root, data_root, earlier, max_minutes, t_start, log)
+    return _run_jobs(todo, scale, root, data_root, earlier, max_minutes, t_start, progress, log)
 
 # %% ../nbs/17b_leaderboard.ipynb #8587f873
 def _seed_list(text:str|None):

@@ -1093,15 +1093,30 @@ class Work:
 
     def ev_kind(self, job, ev) -> str: return evaluation_kind(self.protocols[ev.name].name, self.protocols[ev.name].n, job.arm.defense)
 
-    def whole_grid(self) -> str:
-        "The whole grid from nothing, priced like the time left: job-hours by stage (each run once), and the kinds never timed."
+    def price(self, todo:list, fresh:bool=False) -> TimeLeft:
+        "The `TimeLeft` of `todo` ([(GridJob, evaluations)]): its runs not yet trained (`fresh`: all of them, each once) and its evaluations."
         from mimbench.train import run_dir
-        runs = {str(run_dir(c)): stage_kind(c) for j in self.jobs for c in (j.planned.pretrain, j.planned.finetune) if c is not None}
-        eta = TimeLeft.of(runs, [self.ev_kind(j, e) for j in self.jobs for e in j.evaluations], self.earlier)
+        configs = [c for j, _ in todo for c in (j.planned.pretrain, j.planned.finetune) if c is not None]
+        runs = {str(run_dir(c)): stage_kind(c) for c in configs} if fresh else pending_runs(configs)
+        return TimeLeft.of(runs, [self.ev_kind(j, e) for j, evs in todo for e in evs], self.earlier)
+
+    def split(self, workers:int, todo:list|None=None, fresh:bool=False) -> list:
+        "`todo` (default: the work left) dealt to `workers` lists of about equal priced time; jobs that share a run stay together (`job_groups`)."
+        from mimbench.leaderboard import balance, priced_seconds
+        todo = self.todo if todo is None else todo
+        cost = lambda g: priced_seconds(self.price([todo[i] for i in g], fresh))
+        return [[todo[i] for i in p] for p in balance(job_groups(todo), cost, workers)]
+
+    def whole_grid(self, workers:int=2) -> str:
+        """The whole grid from nothing, priced like the time left: job-hours by stage (each run once), the wall time with
+        `workers` jobs at once (the longest worker's share), and the kinds never timed."""
+        every = [(j, j.evaluations) for j in self.jobs]
+        eta = self.price(every, fresh=True)
         (total, unknown), stages = eta.seconds(), stage_hours(eta)
+        wall = max(self.price(p, fresh=True).seconds()[0] for p in self.split(workers, every, fresh=True))
         return (f"the whole grid from nothing: {len(self.jobs)} arm×seed jobs, ≈ {total / 3600:.1f} job-hours"
                 + (f" ({', '.join(f'{k} {h:.1f} h' for k, h in stages.items())})" if stages else '')
-                + " — on two cores at best half that, two jobs at once" + (f"; not yet timed: {', '.join(unknown)}" if unknown else ''))
+                + f", ≈ {wall / 3600:.1f} h with {workers} workers" + (f"; not yet timed: {', '.join(unknown)}" if unknown else ''))
 
     def __str__(self):
         n_ev = sum(len(evs) for _, evs in self.todo)
@@ -1117,8 +1132,18 @@ def _own_runs(job:GridJob) -> set:
 def _runs_named(job:GridJob) -> set:
     "The values of `job`'s recipe and defence arguments: among them the run directories of other arms it needs (a teacher, a denoiser)."
     p = job.planned
-    vals = [*(p.pretrain.recipe_args.values() if p.pretrain is not None else ()), *p.finetune.recipe_args.values(), *p.defense_args.values()]
+    vals = [*(v for c in (p.pretrain, p.finetune) if c is not None for v in c.recipe_args.values()), *p.defense_args.values()]
     return {v for v in vals if isinstance(v, str)}
+
+def _tool_part(job:GridJob, needed:set):
+    """`job` cut to the runs of it that `needed` names (with the pretraining a needed fine-tune starts from), or None when
+    it has none or they are all trained: an arm with no evaluation left is trained only as another arm's tool."""
+    from mimbench.train import run_dir
+    p = job.planned
+    ft = p.finetune is not None and str(run_dir(p.finetune)) in needed
+    pre = p.pretrain is not None and (ft or str(run_dir(p.pretrain)) in needed)
+    cut = replace(job, planned=replace(p, pretrain=p.pretrain if pre else None, finetune=p.finetune if ft else None))
+    return cut if any(not (Path(r) / 'result.json').exists() for r in _own_runs(cut)) else None
 
 def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
               results='results', seeds:int|None=None, arms=None, evaluations=None) -> Work:
@@ -1136,8 +1161,10 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     found = current_records(folder, protocols)
     todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in asked]
     done = lambda j: all((run_dir(c) / 'result.json').exists() for c in (j.planned.pretrain, j.planned.finetune) if c is not None)
-    needed = set().union(*(_runs_named(j) for j, evs in todo if evs))
-    todo = [(j, evs) for j, evs in todo if evs or (not done(j) and _own_runs(j) & needed)]   # a tool of a job with work: trained only
+    working = [j for j, evs in todo if evs]
+    needed = set().union(*map(_runs_named, working)) - set().union(*map(_own_runs, working))   # runs only another arm trains
+    todo = [(j, evs) if evs else (_tool_part(j, needed), []) for j, evs in todo]
+    todo = [(j, evs) for j, evs in todo if j is not None]
     to_train = {stage: pending_runs(getattr(j.planned, stage) for j, _ in todo) for stage in ('pretrain', 'finetune')}
     w = Work(r, shape, folder, protocols, jobs, found, todo, to_train, None, earlier_timings(out, load_records(folder)))
     w.eta = TimeLeft.of(to_train['pretrain'] | to_train['finetune'], [w.ev_kind(j, e) for j, evs in todo for e in evs], w.earlier)
@@ -1174,11 +1201,12 @@ def job_groups(todo:list) -> list:
     for i in range(len(todo)): groups.setdefault(root(i), []).append(i)
     return list(groups.values())
 
-def _run_todo(w:Work, todo:list, known:list, max_minutes, progress:bool, log) -> dict:
-    "Train and evaluate `todo` in order (one process): what was trained and made, stage seconds, and whether it finished."
+def _run_todo(w:Work, todo:list, known:list, max_minutes, t_start:float, progress:bool, log) -> dict:
+    """Train and evaluate `todo` in order (one process): what was trained and made, stage seconds, and whether it finished.
+    `max_minutes` counts from `t_start` (the command's start, a wall-clock time every worker shares)."""
     from mimbench.train import train, run_dir
-    t_start, eta = time.time(), TimeLeft.of(pending_runs(c for j, _ in todo for c in (j.planned.pretrain, j.planned.finetune)),
-                                           [w.ev_kind(j, e) for j, evs in todo for e in evs], w.earlier)
+    eta = TimeLeft.of(pending_runs(c for j, _ in todo for c in (j.planned.pretrain, j.planned.finetune)),
+                      [w.ev_kind(j, e) for j, evs in todo for e in evs], w.earlier)
     seconds, trained, made = {}, [], []
     over = lambda: max_minutes is not None and time.time() - t_start > 60 * max_minutes
     for i, (job, evs) in enumerate(todo):
@@ -1198,10 +1226,10 @@ def _run_todo(w:Work, todo:list, known:list, max_minutes, progress:bool, log) ->
             seconds.setdefault(f"evaluate {ev.name}", []).append(time.time() - t0); eta.done(w.ev_kind(job, ev), seconds[f"evaluate {ev.name}"][-1])
     return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': True}
 
-def _run_todo_in_worker(paper:str, grid:Grid, w:Work, todo:list, results, max_minutes, log) -> dict:
+def _run_todo_in_worker(paper:str, grid:Grid, w:Work, todo:list, results, max_minutes, t_start:float, log) -> dict:
     "`_run_todo` in a worker process, under the caller's grid of `paper` (a spawned process rebuilds `GRIDS` from the source)."
     GRIDS[paper] = grid
-    return _run_todo(w, todo, load_records(results), max_minutes, False, log)
+    return _run_todo(w, todo, load_records(results), max_minutes, t_start, False, log)
 
 def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
               results='results', seeds:int|None=None, max_minutes:float|None=None, progress:bool=False, log=print,
@@ -1209,20 +1237,18 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     """Run `paper`'s grid at `scale` (pretrain → fine-tune → evaluate through the run cache), write its records and report.
     `arms`/`evaluations`: only those (and the runs they need); the report still covers every current record of the grid.
     `workers` > 1: that many jobs at once, each worker its own process, jobs that share a run in one (`job_groups`)."""
-    from mimbench.leaderboard import balance, run_workers
+    from mimbench.leaderboard import balance, run_workers, priced_seconds
     if not (isinstance(workers, int) and workers >= 1): raise ValueError(f"--workers takes a whole number ≥ 1 (processes); got {workers!r}.")
     t_start = time.time()
     problems = dry_run(paper, scale, dataset, root, channels)
     if problems: raise ValueError(f"{paper} @ {scale} cannot run ({len(problems)} problem(s)):\n" + '\n'.join(f"  - {p}" for p in problems))
     w = work_left(paper, scale, dataset, root, channels, out, results, seeds, arms, evaluations)
     log(f"{paper} @ {scale}: {w}; records in {w.folder}")
-    cost = lambda g: TimeLeft.of(pending_runs(c for i in g for c in (w.todo[i][0].planned.pretrain, w.todo[i][0].planned.finetune)),
-                                 [w.ev_kind(w.todo[i][0], e) for i in g for e in w.todo[i][1]], w.earlier).seconds()[0]
-    parts = [[w.todo[i] for i in p] for p in balance(job_groups(w.todo), cost, workers) if p] if workers > 1 else [w.todo]
+    parts = [p for p in w.split(workers) if p] if workers > 1 else [w.todo]
     if len(parts) > 1:
-        done = run_workers(_run_todo_in_worker, [(paper, GRIDS[paper], w, p, results, max_minutes) for p in parts], 'reproduce', log,
-                           [len(p) for p in parts])
-    else: done = [_run_todo(w, w.todo, load_records(results), max_minutes, progress, log)]
+        done = run_workers(_run_todo_in_worker, [(paper, GRIDS[paper], w, p, results, max_minutes, t_start) for p in parts], 'reproduce',
+                           log, [len(p) for p in parts])
+    else: done = [_run_todo(w, w.todo, load_records(results), max_minutes, t_start, progress, log)]
     complete = all(d['complete'] for d in done)
     trained, made = sum((d['trained'] for d in done), []), sum((d['made'] for d in done), [])
     seconds = {k: sum((d['seconds'].get(k, []) for d in done), []) for k in dict.fromkeys(k for d in done for k in d['seconds'])}
@@ -1290,7 +1316,7 @@ def cli_reproduce(paper:str,                  # huang, mimir, rebuffi, nim-de3 o
                   dry_run:store_true=False):  # build and check every configuration of the grid without training
     "Each paper's experiment grid with its controls: train, evaluate and report (`--dry-run`: check every configuration)."
     if paper not in GRIDS: raise KeyError(f"Unknown paper {paper!r}; use one of: {', '.join(sorted(GRIDS))}.")
-    arms, evaluations = (x.split(',') if x else None for x in (arms, evaluations))
+    arms, evaluations = ([n.strip() for n in x.split(',')] if x else None for x in (arms, evaluations))
     check_subset(paper, arms, evaluations)
     print(plan_summary(paper, scale, dataset, root, channels))
     if not dry_run:

@@ -107,6 +107,8 @@ def test_cli_runs_part_of_the_grid(tmp_path):
     assert sorted(d.name.split('-')[1] for d in (tmp_path / 'runs').iterdir() if (d / 'result.json').exists()) == ['ce', 'ce', 'mae', 'nim']
     report = (folder / 'report.md').read_text()
     assert all(c.claim in report for c in GRIDS['nim-de3'].comparisons)
+    p = subprocess.run(cmd + ['--arms', 'mae, de3 σ=70', '--evaluations', 'fgsm', '--dry-run'], capture_output=True, text=True)
+    assert p.returncode == 0 and '1 with work' in p.stdout, p.stdout + p.stderr     # a name with a space and '=', after ', '
     p = subprocess.run(cmd + ['--arms', 'mae,nmi'], capture_output=True, text=True)
     assert p.returncode == 1 and "nim-de3's grid has no arm 'nmi'; its arms: mae," in p.stderr, p.stdout + p.stderr
 
