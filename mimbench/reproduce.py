@@ -970,7 +970,7 @@ def _cell(recs:list, metric:str) -> str:
 def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='') -> str:
     "The reproduction report of `paper` from its records and comparison rows."
     g = GRIDS[paper]
-    prov = records[0].provenance if records else {}
+    prov, arm_order = records[0].provenance if records else {}, {a.name: i for i, a in enumerate(g.arms)}
     lines = [f"# Reproducing {g.title}", '',
              f"Scale **{r.scale}**: {r.data['dataset']} {r.data['channels']}×{r.data['img_size']}², {r.model['preset']} / patch "
              f"{r.model['patch_size']}, pretraining {r.pretrain.get('epochs')} epochs, fine-tuning {r.finetune.get('epochs')} epochs, "
@@ -1002,7 +1002,7 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
         metrics = list(dict.fromkeys(m for x in recs for m in x.metrics)) + [m for m in ('mCA', 'relative_drop') if any(m in x.extra for x in recs)]
         lines += [f"### {ev.name}", '', (ev.note.rstrip('.') + '. ' if ev.note else '') + f"n = {recs[0].n}, protocol hash {recs[0].protocol['hash']}.", '',
                   '| arm | seeds | ' + ' | '.join(f"{m} (%)" for m in metrics) + ' |', '|---|---:|' + '---:|' * len(metrics)]
-        for arm in dict.fromkeys(x.method for x in recs):
+        for arm in sorted(dict.fromkeys(x.method for x in recs), key=lambda m: arm_order.get(m, len(arm_order))):   # the grid's order
             ar = [x for x in recs if x.method == arm]
             lines.append(f"| {arm} | {len(ar)} | " + ' | '.join(_cell(ar, m) for m in metrics) + ' |')
         mads = [(x.method, x.extra['mean_attention_distance']) for x in recs if 'mean_attention_distance' in x.extra]
