@@ -741,12 +741,13 @@ def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|Non
     seeds = [s for s in fa if s in fb and fa[s][0] == fb[s][0] and fa[s][0] is not None and len(fa[s][1]) == len(fb[s][1])]
     if seeds:
         sa, sb = np.concatenate([fa[s][1] for s in seeds]), np.concatenate([fb[s][1] for s in seeds])
+        per_seed = {s: float(fa[s][1].mean() - fb[s][1].mean()) for s in seeds}      # does each seed point the same way?
         if not flags:
             pdiff = paired_difference(sa, sb, alpha)
-            return {'verdict': _by_interval(*pdiff['interval']), 'test': 'paired-t', 'seeds': seeds, **pdiff, **out}
+            return {'verdict': _by_interval(*pdiff['interval']), 'test': 'paired-t', 'seeds': seeds, 'per_seed': per_seed, **pdiff, **out}
         mc = mcnemar(sa, sb)
         v = 'inconclusive' if mc['p'] >= alpha else ('held' if mc['only_a'] > mc['only_b'] else 'not held')
-        return {'verdict': v, 'test': 'mcnemar', 'seeds': seeds, **mc, **out}
+        return {'verdict': v, 'test': 'mcnemar', 'seeds': seeds, 'per_seed': per_seed, **mc, **out}
     if flags:
         (la, ha), (lb, hb) = out['interval_a'], out['interval_b']
         return {'verdict': 'held' if la > hb else 'not held' if ha < lb else 'inconclusive', 'test': 'wilson-intervals', **out}
@@ -948,13 +949,18 @@ def comparison_rows(paper:str, records:list, shape) -> list:
 def _pct(v) -> str: return '–' if v is None else f"{100 * v:.1f}"
 def _paper(v) -> str: return '–' if v is None else f"{v:g}"
 
+def _per_seed_text(row:dict) -> str:
+    "'; Δ per seed: 0: +4.3, 1: −0.4 pp' when the test pooled several seeds, so a reader sees whether they agree."
+    d = row.get('per_seed') or {}
+    return f"; Δ per seed: {', '.join(f'{s}: {100 * v:+.1f}' for s, v in d.items())} pp" if len(d) > 1 else ''
+
 def _test_text(row:dict) -> str:
-    if row.get('test') == 'mcnemar': return f"McNemar p = {row['p']:.3g} ({row['only_a']} vs {row['only_b']} discordant)"
+    if row.get('test') == 'mcnemar': return f"McNemar p = {row['p']:.3g} ({row['only_a']} vs {row['only_b']} discordant)" + _per_seed_text(row)
     if row.get('test') == 'wilson-intervals': return 'Wilson 95 % intervals (unpaired)'
     if row.get('test') in ('paired-t', 'welch'):                          # per-image shares (mCA): a − b with its interval
         lo, hi = row['interval']
         return (f"{'paired t-test' if row['test'] == 'paired-t' else 'Welch (unpaired)'}: Δ {100 * row['delta']:+.1f} pp "
-                f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" + (f", p = {row['p']:.3g}" if 'p' in row else ''))
+                f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" + (f", p = {row['p']:.3g}" if 'p' in row else '') + _per_seed_text(row))
     return row.get('reason', '')
 
 def _cell(recs:list, metric:str) -> str:
@@ -984,7 +990,9 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
     lines += ['## Headline comparisons', '',
               "Paper: the paper's numbers (%, its own dataset and model — see the source). Ours: mean over seeds, [95 % Wilson "
               "interval of the pooled per-sample flags]. Verdict on \"a beats b\" from the flags: McNemar's exact test when "
-              "both arms were evaluated on the same samples and seeds, else the intervals (`verdict`).", '',
+              "both arms were evaluated on the same samples and seeds, else the intervals (`verdict`). With several "
+              "seeds the test pools their paired images, so it speaks for these trained models, not for the spread over "
+              "seeds; the Δ per seed shows whether the seeds agree.", '',
               '| claim | a | b | evaluation · metric | paper a | paper b | ours a | ours b | test | verdict |',
               '|---|---|---|---|---:|---:|---:|---:|---|---|']
     for row in rows:
