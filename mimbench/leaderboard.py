@@ -381,10 +381,11 @@ class TimeLeft:
         return f"time left ≈ {when}" + (f" + not yet timed: {', '.join(unknown)}" if unknown else '')
 
 # %% ../nbs/17b_leaderboard.ipynb #df6ab86a
-def pending_runs(configs) -> dict:
-    "{run dir: timing kind} of the training configurations in `configs` (None skipped) whose run has not finished."
+def pending_runs(configs, finished:bool=False) -> dict:
+    """{run dir: timing kind} of the training configurations in `configs` (None skipped) whose run has not finished
+    (`finished`: every run, each once, to price a plan from nothing)."""
     from mimbench.train import run_dir
-    return {str(run_dir(c)): stage_kind(c) for c in configs if c is not None and not (run_dir(c) / 'result.json').exists()}
+    return {str(run_dir(c)): stage_kind(c) for c in configs if c is not None and (finished or not (run_dir(c) / 'result.json').exists())}
 
 def defended(defense:str, denoiser, classifier, **args) -> tuple:
     """(the eval-mode `defense` pipeline — 'de3' or 'demask' — of the run directories `denoiser` and `classifier`, the
@@ -426,9 +427,7 @@ def _evaluate_job(job:Job, scale:Scale, root, data_root, progress):
 def _work(todo:list, scale:Scale, earlier:dict, fresh:bool=False) -> tuple:
     """The runs `todo` still has to train ({run dir: kind}), its evaluations' kinds, and their `TimeLeft`. `fresh`: as if
     nothing were trained yet (every run of `todo` counted once), to price the whole plan."""
-    from mimbench.train import run_dir
-    configs = [c for j in todo for c in (j.pretrain, j.finetune) if c is not None]
-    pending = {str(run_dir(c)): stage_kind(c) for c in configs} if fresh else pending_runs(configs)
+    pending = pending_runs((c for j in todo for c in (j.pretrain, j.finetune)), fresh)
     evaluations = [evaluation_kind(j.protocol, scaled_protocol(j.protocol, scale).n, None if j.sigma is None else 'de3') for j in todo]
     return pending, evaluations, TimeLeft.of(pending, evaluations, earlier)
 

@@ -1103,9 +1103,7 @@ class Work:
 
     def price(self, todo:list, fresh:bool=False) -> TimeLeft:
         "The `TimeLeft` of `todo` ([(GridJob, evaluations)]): its runs not yet trained (`fresh`: all of them, each once) and its evaluations."
-        from mimbench.train import run_dir
-        configs = [c for j, _ in todo for c in (j.planned.pretrain, j.planned.finetune) if c is not None]
-        runs = {str(run_dir(c)): stage_kind(c) for c in configs} if fresh else pending_runs(configs)
+        runs = pending_runs((c for j, _ in todo for c in (j.planned.pretrain, j.planned.finetune)), fresh)
         return TimeLeft.of(runs, [self.ev_kind(j, e) for j, evs in todo for e in evs], self.earlier)
 
     def split(self, workers:int, todo:list|None=None, fresh:bool=False) -> list:
@@ -1157,7 +1155,6 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
               results='results', seeds:int|None=None, arms=None, evaluations=None) -> Work:
     """What `reproduce` with these arguments would do, and the time it would take (priced from `out` and the records).
     `jobs` is the whole grid (its report); `todo` only what `arms` and `evaluations` ask for, with the runs they need."""
-    from mimbench.train import run_dir
     from mimbench.data import get_dataset
     g, r = GRIDS[paper], resolve_scale(paper, scale, dataset, root, channels)
     folder = results_folder(results, paper, scale, r.data['dataset'])
@@ -1168,7 +1165,6 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     asked = jobs if arms is None and evaluations is None else grid_jobs(paper, scale, dataset, root, channels, out, seeds, arms, evaluations)
     found = current_records(folder, protocols)
     todo = [(j, [e for e in j.evaluations if (e.name, j.arm.name, j.seed, j.target(e)) not in found]) for j in asked]
-    done = lambda j: all((run_dir(c) / 'result.json').exists() for c in (j.planned.pretrain, j.planned.finetune) if c is not None)
     working = [j for j, evs in todo if evs]
     needed = set().union(*map(_runs_named, working)) - set().union(*map(_own_runs, working))   # runs only another arm trains
     todo = [(j, evs) if evs else (_tool_part(j, needed), []) for j, evs in todo]
