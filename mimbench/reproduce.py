@@ -726,8 +726,14 @@ def _mean_interval(x, flags:bool) -> tuple:
     if flags: return wilson_interval(int(x.sum()), len(x))
     half = Z95 * x.std(ddof=1) / math.sqrt(len(x)); return (float(x.mean() - half), float(x.mean() + half))
 
+def _sides(pa, pb, flags:bool) -> dict:
+    "Each side's mean, n and 95 % interval from its pooled per-image scores."
+    return {'acc_a': float(pa.mean()), 'acc_b': float(pb.mean()), 'n_a': len(pa), 'n_b': len(pb),
+            'interval_a': _mean_interval(pa, flags), 'interval_b': _mean_interval(pb, flags)}
+
 def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|None=None, alpha:float=0.05) -> dict:
-    "The verdict on 'a beats b on `metric`' from the records' per-image results, with the test used and its numbers."
+    """The verdict on 'a beats b on `metric`' from the records' per-image results, with the test used and its numbers.
+    A paired test uses the seeds both sides have (`seeds`), and so do `acc_*`/`interval_*`; `seeds_a`/`seeds_b` are all of each side's."""
     metric_b = metric_b or metric
     fa, fb = _scores_by_seed(records_a, metric), _scores_by_seed(records_b, metric_b)
     if not fa or not fb:
@@ -735,12 +741,11 @@ def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|Non
         return {'verdict': 'inconclusive', 'test': None,
                 'reason': f"no per-image results for {metric if side == 'a' else metric_b!r} in the records of {side}"}
     flags = all(metric in r.flags for r in records_a) and all(metric_b in r.flags for r in records_b)
-    pa, pb = np.concatenate([f for _, f in fa.values()]), np.concatenate([f for _, f in fb.values()])
-    out = {'acc_a': float(pa.mean()), 'acc_b': float(pb.mean()), 'n_a': len(pa), 'n_b': len(pb),
-           'interval_a': _mean_interval(pa, flags), 'interval_b': _mean_interval(pb, flags)}
-    seeds = [s for s in fa if s in fb and fa[s][0] == fb[s][0] and fa[s][0] is not None and len(fa[s][1]) == len(fb[s][1])]
-    if seeds:
+    every = {'seeds_a': sorted(fa), 'seeds_b': sorted(fb)}
+    seeds = sorted(s for s in fa if s in fb and fa[s][0] == fb[s][0] and fa[s][0] is not None and len(fa[s][1]) == len(fb[s][1]))
+    if seeds:                  # a paired test: both sides' numbers are those of the seeds it pairs, so they and the test agree
         sa, sb = np.concatenate([fa[s][1] for s in seeds]), np.concatenate([fb[s][1] for s in seeds])
+        out = _sides(sa, sb, flags) | every
         per_seed = {s: float(fa[s][1].mean() - fb[s][1].mean()) for s in seeds}      # does each seed point the same way?
         if not flags:
             pdiff = paired_difference(sa, sb, alpha)
@@ -748,6 +753,8 @@ def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|Non
         mc = mcnemar(sa, sb)
         v = 'inconclusive' if mc['p'] >= alpha else ('held' if mc['only_a'] > mc['only_b'] else 'not held')
         return {'verdict': v, 'test': 'mcnemar', 'seeds': seeds, 'per_seed': per_seed, **mc, **out}
+    pa, pb = np.concatenate([f for _, f in fa.values()]), np.concatenate([f for _, f in fb.values()])
+    out = _sides(pa, pb, flags) | every
     if flags:
         (la, ha), (lb, hb) = out['interval_a'], out['interval_b']
         return {'verdict': 'held' if la > hb else 'not held' if ha < lb else 'inconclusive', 'test': 'wilson-intervals', **out}
@@ -950,9 +957,14 @@ def _pct(v) -> str: return '–' if v is None else f"{100 * v:.1f}"
 def _paper(v) -> str: return '–' if v is None else f"{v:g}"
 
 def _per_seed_text(row:dict) -> str:
-    "'; Δ per seed: 0: +4.3, 1: −0.4 pp' when the test pooled several seeds, so a reader sees whether they agree."
-    d = row.get('per_seed') or {}
-    return f"; Δ per seed: {', '.join(f'{s}: {100 * v:+.1f}' for s, v in d.items())} pp" if len(d) > 1 else ''
+    """'; Δ per seed: 0: +4.3, 1: −0.4 pp' when the test pooled several seeds, so a reader sees whether they agree; and the
+    seeds a side has that the paired test (and so the 'ours' columns) leaves out, for want of the other side's."""
+    d, c = row.get('per_seed') or {}, row.get('comparison')
+    text = f"; Δ per seed: {', '.join(f'{s}: {100 * v:+.1f}' for s, v in d.items())} pp" if len(d) > 1 else ''
+    for side in 'ab':
+        left = [s for s in row.get(f'seeds_{side}', []) if s not in row.get('seeds', [])]
+        if d and left: text += f"; {getattr(c, side) if c else side}'s seed(s) {_seeds_text(left)} unpaired, left out"
+    return text
 
 def _test_text(row:dict) -> str:
     if row.get('test') == 'mcnemar': return f"McNemar p = {row['p']:.3g} ({row['only_a']} vs {row['only_b']} discordant)" + _per_seed_text(row)
@@ -988,8 +1000,9 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
                   "a smoke test of the pipeline, not the papers' attack strength.", '']
     if status: lines += [f"> **{status}**", '']
     lines += ['## Headline comparisons', '',
-              "Paper: the paper's numbers (%, its own dataset and model — see the source). Ours: mean over seeds, [95 % Wilson "
-              "interval of the pooled per-sample flags]. Verdict on \"a beats b\" from the flags: McNemar's exact test when "
+              "Paper: the paper's numbers (%, its own dataset and model — see the source). Ours: mean over the seeds the test "
+              "compares (those both arms have when the test is paired; the Records section below has every seed), [95 % Wilson "
+              "interval of their pooled per-sample flags]. Verdict on \"a beats b\" from the flags: McNemar's exact test when "
               "both arms were evaluated on the same samples and seeds, else the intervals (`verdict`). With several "
               "seeds the test pools their paired images, so it speaks for these trained models, not for the spread over "
               "seeds; the Δ per seed shows whether the seeds agree.", '',
