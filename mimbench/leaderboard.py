@@ -19,7 +19,8 @@ from .corruptions import mca_table
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
            'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
            'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'priced_seconds', 'balance', 'stage_hours',
-           'plan_budget', 'in_worker', 'usable_cores', 'run_workers', 'run_leaderboard', 'cli_leaderboard']
+           'plan_budget', 'train_pending', 'in_worker', 'usable_cores', 'run_workers', 'run_leaderboard',
+           'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
 @dataclass
@@ -476,21 +477,29 @@ def plan_budget(jobs:list, scale:Scale, earlier:dict, workers:int=2) -> str:
     return (f"the whole plan from nothing: {len(jobs)} jobs, ≈ {total / 3600:.1f} job-hours" + (f" ({stages})" if stages else '')
             + f", ≈ {max(walls) / 3600:.1f} h with {workers} workers" + (f"; not yet timed: {', '.join(unknown)}" if unknown else ''))
 
+def train_pending(cfgs, eta:TimeLeft, seconds:dict, progress:bool=True, go=lambda cfg: True) -> list|None:
+    """Train, in order, those of the run configs `cfgs` (None skipped) not trained yet, each one's seconds going to
+    `seconds[cfg.task]` and to `eta`. `go(cfg)` is asked before each (it logs, and says whether there is time left): the
+    first False returns None. Else the run directories trained. `run_leaderboard` and `reproduce` both train through it."""
+    from mimbench.train import train, run_dir
+    trained = []
+    for cfg in cfgs:
+        if cfg is None or (run_dir(cfg) / 'result.json').exists(): continue
+        if not go(cfg): return None
+        t0 = time.time(); train(replace(cfg, progress=progress)); trained.append(str(run_dir(cfg)))
+        seconds.setdefault(cfg.task, []).append(time.time() - t0); eta.done(stage_kind(cfg), seconds[cfg.task][-1])
+    return trained
+
 def _run_jobs(todo:list, scale:Scale, root, data_root, earlier:dict, max_minutes, t_start:float, progress, log) -> dict:
     """Train, fine-tune and evaluate `todo` in order (one process); returns stage timings and what was done. `max_minutes`
     counts from `t_start` (the command's start, a wall-clock time every worker shares)."""
-    from mimbench.train import train, run_dir
     _, evaluations, eta = _work(todo, scale, earlier)
     seconds, done = {'pretrain': [], 'finetune': [], 'evaluate': []}, 0
     for i, j in enumerate(todo):
         if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
             log(f"stopping after {done} jobs: --max-minutes {max_minutes:g} reached; run the same command again to go on"); break
         log(f"[{i + 1}/{len(todo)}] {j.protocol} · {j.label} · seed {j.seed} — {eta}")
-        for stage, cfg in (('pretrain', j.pretrain), ('finetune', j.finetune)):
-            if cfg is None: continue
-            t0 = time.time(); cached = (run_dir(cfg) / 'result.json').exists()
-            train(cfg)
-            if not cached: seconds[stage].append(time.time() - t0); eta.done(stage_kind(cfg), seconds[stage][-1])
+        train_pending((j.pretrain, j.finetune), eta, seconds, progress)
         t0 = time.time()
         for rec in _evaluate_job(j, scale, root, data_root, progress):
             log(f"    record {rec.key}: " + ', '.join(f"{k} {100 * v:.1f}%" for k, v in rec.metrics.items()))

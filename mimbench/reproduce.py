@@ -12,8 +12,8 @@ import torch
 from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
-from .leaderboard import (SCALES, TimeLeft, defended, earlier_timings, evaluation_kind, pending_runs, stage_kind,
-                                  stage_hours, stale_code_version)
+from .leaderboard import (SCALES, TimeLeft, defended, earlier_timings, evaluation_kind, pending_runs,
+                                  stage_hours, stale_code_version, train_pending)
 from .attacks import ATTACKS
 from torch import nn
 
@@ -1221,18 +1221,17 @@ def job_groups(todo:list) -> list:
 def _run_todo(w:Work, todo:list, known:list, max_minutes, t_start:float, progress:bool, log) -> dict:
     """Train and evaluate `todo` in order (one process): what was trained and made, stage seconds, and whether it finished.
     `max_minutes` counts from `t_start` (the command's start, a wall-clock time every worker shares)."""
-    from mimbench.train import train, run_dir
     eta = TimeLeft.of(pending_runs(c for j, _ in todo for c in (j.planned.pretrain, j.planned.finetune)),
                       [w.ev_kind(j, e) for j, evs in todo for e in evs], w.earlier)
     seconds, trained, made = {}, [], []
     over = lambda: max_minutes is not None and time.time() - t_start > 60 * max_minutes
     for i, (job, evs) in enumerate(todo):
-        for stage, cfg in (('pretrain', job.planned.pretrain), ('finetune', job.planned.finetune)):
-            if cfg is None or (run_dir(cfg) / 'result.json').exists(): continue
-            if over(): return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': False}
-            log(f"[{i + 1}/{len(todo)}] {stage} {job.arm.name} seed {job.seed} — {eta}")
-            t0 = time.time(); train(replace(cfg, progress=progress)); trained.append(str(run_dir(cfg)))
-            seconds.setdefault(stage, []).append(time.time() - t0); eta.done(stage_kind(cfg), seconds[stage][-1])
+        def go(cfg, i=i, job=job):
+            if over(): return False
+            log(f"[{i + 1}/{len(todo)}] {cfg.task} {job.arm.name} seed {job.seed} — {eta}"); return True
+        runs = train_pending((job.planned.pretrain, job.planned.finetune), eta, seconds, progress, go)
+        if runs is None: return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': False}
+        trained += runs
         model, evaluated = arm_model(job) if evs else (None, None)
         for ev in evs:
             if over(): return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': False}
