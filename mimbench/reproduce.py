@@ -726,6 +726,13 @@ def _mean_interval(x, flags:bool) -> tuple:
     if flags: return wilson_interval(int(x.sum()), len(x))
     half = Z95 * x.std(ddof=1) / math.sqrt(len(x)); return (float(x.mean() - half), float(x.mean() + half))
 
+def _seeds_agree(v:str, per_seed:dict) -> str:
+    """The pooled test's verdict `v` as a claim about the method: a test pooling several seeds' images speaks for those
+    trained models, so it stands only when every seed's own Δ points its way; one seed the other way (or even) → inconclusive."""
+    if v == 'inconclusive' or len(per_seed) < 2: return v
+    way = 1 if v == 'held' else -1
+    return v if all(way * d > 0 for d in per_seed.values()) else 'inconclusive'
+
 def _sides(pa, pb, flags:bool) -> dict:
     "Each side's mean, n and 95 % interval from its pooled per-image scores."
     return {'acc_a': float(pa.mean()), 'acc_b': float(pb.mean()), 'n_a': len(pa), 'n_b': len(pb),
@@ -733,7 +740,8 @@ def _sides(pa, pb, flags:bool) -> dict:
 
 def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|None=None, alpha:float=0.05) -> dict:
     """The verdict on 'a beats b on `metric`' from the records' per-image results, with the test used and its numbers.
-    A paired test uses the seeds both sides have (`seeds`), and so do `acc_*`/`interval_*`; `seeds_a`/`seeds_b` are all of each side's."""
+    A paired test uses the seeds both sides have (`seeds`), and so do `acc_*`/`interval_*`; `seeds_a`/`seeds_b` are all of each side's.
+    Its `verdict` is the pooled one (`pooled_verdict`) only when every seed's Δ (`per_seed`) agrees (`_seeds_agree`)."""
     metric_b = metric_b or metric
     fa, fb = _scores_by_seed(records_a, metric), _scores_by_seed(records_b, metric_b)
     if not fa or not fb:
@@ -749,10 +757,11 @@ def compare_records(records_a:list, records_b:list, metric:str, metric_b:str|Non
         per_seed = {s: float(fa[s][1].mean() - fb[s][1].mean()) for s in seeds}      # does each seed point the same way?
         if not flags:
             pdiff = paired_difference(sa, sb, alpha)
-            return {'verdict': _by_interval(*pdiff['interval']), 'test': 'paired-t', 'seeds': seeds, 'per_seed': per_seed, **pdiff, **out}
+            v = _by_interval(*pdiff['interval'])
+            return {'verdict': _seeds_agree(v, per_seed), 'pooled_verdict': v, 'test': 'paired-t', 'seeds': seeds, 'per_seed': per_seed, **pdiff, **out}
         mc = mcnemar(sa, sb)
         v = 'inconclusive' if mc['p'] >= alpha else ('held' if mc['only_a'] > mc['only_b'] else 'not held')
-        return {'verdict': v, 'test': 'mcnemar', 'seeds': seeds, 'per_seed': per_seed, **mc, **out}
+        return {'verdict': _seeds_agree(v, per_seed), 'pooled_verdict': v, 'test': 'mcnemar', 'seeds': seeds, 'per_seed': per_seed, **mc, **out}
     pa, pb = np.concatenate([f for _, f in fa.values()]), np.concatenate([f for _, f in fb.values()])
     out = _sides(pa, pb, flags) | every
     if flags:
@@ -961,6 +970,8 @@ def _per_seed_text(row:dict) -> str:
     seeds a side has that the paired test (and so the 'ours' columns) leaves out, for want of the other side's."""
     d, c = row.get('per_seed') or {}, row.get('comparison')
     text = f"; Δ per seed: {', '.join(f'{s}: {100 * v:+.1f}' for s, v in d.items())} pp" if len(d) > 1 else ''
+    if row.get('pooled_verdict', row.get('verdict')) != row.get('verdict'):
+        text += f" — pooled, {row['pooled_verdict']}, but the seeds disagree"
     for side in 'ab':
         left = [s for s in row.get(f'seeds_{side}', []) if s not in row.get('seeds', [])]
         if d and left: text += f"; {getattr(c, side) if c else side}'s seed(s) {_seeds_text(left)} unpaired, left out"
@@ -1004,8 +1015,8 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
               "compares (those both arms have when the test is paired; the Records section below has every seed), [95 % Wilson "
               "interval of their pooled per-sample flags]. Verdict on \"a beats b\" from the flags: McNemar's exact test when "
               "both arms were evaluated on the same samples and seeds, else the intervals (`verdict`). With several "
-              "seeds the test pools their paired images, so it speaks for these trained models, not for the spread over "
-              "seeds; the Δ per seed shows whether the seeds agree.", '',
+              "seeds the test pools their paired images, which speaks for these trained models, not for the method: its "
+              "verdict stands only when each seed's own Δ (shown) points the same way, else it reads inconclusive.", '',
               '| claim | a | b | evaluation · metric | paper a | paper b | ours a | ours b | test | verdict |',
               '|---|---|---|---|---:|---:|---:|---:|---|---|']
     for row in rows:

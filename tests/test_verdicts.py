@@ -100,3 +100,23 @@ def test_paired_t_for_shares_on_the_same_images():
 def test_no_per_image_results_is_inconclusive_with_the_reason():
     cr = compare_records([rec({'clean': np.ones(10, bool)})], [rec({'clean': np.zeros(10, bool)})], 'robust@8/255')
     assert cr['verdict'] == 'inconclusive' and cr['test'] is None and 'robust@8/255' in cr['reason']
+
+
+def test_a_pooled_verdict_stands_only_when_every_seed_agrees():
+    """McNemar pools the seeds' paired images, which speaks for those trained models; the verdict on the method needs each
+    seed's own Δ to point the same way (a rule that only looked at the pooled p would say held here)."""
+    a0, b0 = discordant(30, 2)                                   # seed 0: a far ahead
+    a1, b1 = discordant(3, 5)                                    # seed 1: b a little ahead
+    cr = compare_records([rec({'clean': a0}, 0, 'd0'), rec({'clean': a1}, 1, 'd1')],
+                         [rec({'clean': b0}, 0, 'd0'), rec({'clean': b1}, 1, 'd1')], 'clean')
+    assert (cr['only_a'], cr['only_b']) == (33, 7) and cr['p'] == pytest.approx(two_sided_binomial(33, 40))
+    assert cr['pooled_verdict'] == 'held' and cr['verdict'] == 'inconclusive'
+    assert cr['per_seed'] == pytest.approx({0: 28 / 112, 1: -2 / 88})
+    swapped = compare_records([rec({'clean': b0}, 0, 'd0'), rec({'clean': b1}, 1, 'd1')],
+                              [rec({'clean': a0}, 0, 'd0'), rec({'clean': a1}, 1, 'd1')], 'clean')
+    assert (swapped['pooled_verdict'], swapped['verdict']) == ('not held', 'inconclusive')
+    a1, b1 = discordant(5, 3)                                    # seed 1 now agrees: the pooled verdict stands
+    agree = compare_records([rec({'clean': a0}, 0, 'd0'), rec({'clean': a1}, 1, 'd1')],
+                            [rec({'clean': b0}, 0, 'd0'), rec({'clean': b1}, 1, 'd1')], 'clean')
+    assert agree['verdict'] == agree['pooled_verdict'] == 'held'
+    assert verdict([rec({'clean': a0}, 0, 'd0')], [rec({'clean': b0}, 0, 'd0')], 'clean') == 'held'   # one seed: its own test
