@@ -179,3 +179,16 @@ def test_gpu_check_merge_reruns_one_section(tmp_path, tiny_run):
     p = subprocess.run([sys.executable, str(ROOT / 'bench' / 'gpu_check.py'), '--tiny', '--only', 'de3', '--out', str(tmp_path / 'x'),
                         '--merge', str(tmp_path / 'bad.json')], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode != 0 and 'sizes' in p.stderr and not (tmp_path / 'x').exists()
+
+
+def test_workers_bench_compares_the_same_work(tmp_path):
+    "bench/workers.py at micro: both ways make the same records (their flags compared), the ratio is one wall over the other."
+    wb = _load('workers')
+    m = wb.main(['--out', str(tmp_path)])
+    assert (m['runs'], m['records']) == (4, 2) and m['speedup'] == pytest.approx(m['one_process_s'] / m['workers_s'])
+    assert 0.9 <= m['flag_agreement'] <= 1
+    assert not list(tmp_path.iterdir())                           # no --save: nothing written
+    import numpy as np
+    a = {('p', 'm', 0, 'clean'): np.array([1, 0, 1, 1], bool)}
+    assert wb.flag_agreement(a, {('p', 'm', 0, 'clean'): np.array([1, 1, 1, 1], bool)}) == 0.75
+    with pytest.raises(ValueError, match='different records'): wb.flag_agreement(a, {})
