@@ -18,8 +18,8 @@ from .corruptions import mca_table
 # %% auto #0
 __all__ = ['SCALES', 'METHODS', 'Leaderboard', 'leaderboard', 'leaderboard_text', 'stale_code_version', 'leaderboard_or_stale',
            'Scale', 'Method', 'Job', 'plan_jobs', 'scaled_protocol', 'stage_kind', 'evaluation_kind', 'earlier_timings',
-           'TimeLeft', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'priced_seconds', 'balance', 'stage_hours',
-           'plan_budget', 'train_pending', 'in_worker', 'usable_cores', 'run_workers', 'run_leaderboard',
+           'TimeLeft', 'run_done', 'pending_runs', 'defended', 'covered', 'shard_jobs', 'priced_seconds', 'balance',
+           'stage_hours', 'plan_budget', 'train_pending', 'in_worker', 'usable_cores', 'run_workers', 'run_leaderboard',
            'cli_leaderboard']
 
 # %% ../nbs/17b_leaderboard.ipynb #e3066fa1
@@ -382,11 +382,17 @@ class TimeLeft:
         return f"time left ≈ {when}" + (f" + not yet timed: {', '.join(unknown)}" if unknown else '')
 
 # %% ../nbs/17b_leaderboard.ipynb #df6ab86a
+def run_done(cfg) -> bool:
+    "Whether the run of `cfg` is finished and today's code would not train it again (`train` retrains a stale run)."
+    from mimbench.train import run_dir
+    from mimbench.codever import stale_reasons
+    return (run_dir(cfg) / 'result.json').exists() and not stale_reasons(run_dir(cfg), deep=False)
+
 def pending_runs(configs, finished:bool=False) -> dict:
-    """{run dir: timing kind} of the training configurations in `configs` (None skipped) whose run has not finished
+    """{run dir: timing kind} of the training configurations in `configs` (None skipped) whose run is not done (`run_done`)
     (`finished`: every run, each once, to price a plan from nothing)."""
     from mimbench.train import run_dir
-    return {str(run_dir(c)): stage_kind(c) for c in configs if c is not None and (finished or not (run_dir(c) / 'result.json').exists())}
+    return {str(run_dir(c)): stage_kind(c) for c in configs if c is not None and (finished or not run_done(c))}
 
 def defended(defense:str, denoiser, classifier, **args) -> tuple:
     """(the eval-mode `defense` pipeline — 'de3' or 'demask' — of the run directories `denoiser` and `classifier`, the
@@ -478,13 +484,14 @@ def plan_budget(jobs:list, scale:Scale, earlier:dict, workers:int=2) -> str:
             + f", ≈ {max(walls) / 3600:.1f} h with {workers} workers" + (f"; not yet timed: {', '.join(unknown)}" if unknown else ''))
 
 def train_pending(cfgs, eta:TimeLeft, seconds:dict, progress:bool=True, go=lambda cfg: True) -> list|None:
-    """Train, in order, those of the run configs `cfgs` (None skipped) not trained yet, each one's seconds going to
-    `seconds[cfg.task]` and to `eta`. `go(cfg)` is asked before each (it logs, and says whether there is time left): the
-    first False returns None. Else the run directories trained. `run_leaderboard` and `reproduce` both train through it."""
+    """Train, in order, those of the run configs `cfgs` (None skipped) not done (`run_done`: a stale run is trained again),
+    each one's seconds going to `seconds[cfg.task]` and to `eta`. `go(cfg)` is asked before each (it logs, and says
+    whether there is time left): the first False returns None. Else the run directories trained. `run_leaderboard` and
+    `reproduce` both train through it."""
     from mimbench.train import train, run_dir
     trained = []
     for cfg in cfgs:
-        if cfg is None or (run_dir(cfg) / 'result.json').exists(): continue
+        if cfg is None or run_done(cfg): continue
         if not go(cfg): return None
         t0 = time.time(); train(replace(cfg, progress=progress)); trained.append(str(run_dir(cfg)))
         seconds.setdefault(cfg.task, []).append(time.time() - t0); eta.done(stage_kind(cfg), seconds[cfg.task][-1])

@@ -13,7 +13,7 @@ from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
 from .leaderboard import (SCALES, TimeLeft, defended, earlier_timings, evaluation_kind, pending_runs,
-                                  stage_hours, stale_code_version, train_pending)
+                                  run_done, stage_hours, stale_code_version, train_pending)
 from .attacks import ATTACKS
 from torch import nn
 
@@ -1173,7 +1173,7 @@ def _tool_part(job:GridJob, needed:set):
     ft = p.finetune is not None and str(run_dir(p.finetune)) in needed
     pre = p.pretrain is not None and (ft or str(run_dir(p.pretrain)) in needed)
     cut = replace(job, planned=replace(p, pretrain=p.pretrain if pre else None, finetune=p.finetune if ft else None))
-    return cut if any(not (Path(r) / 'result.json').exists() for r in _own_runs(cut)) else None
+    return cut if any(c is not None and not run_done(c) for c in (cut.planned.pretrain, cut.planned.finetune)) else None
 
 def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, channels:int|None=None, out='runs',
               results='results', seeds:int|None=None, arms=None, evaluations=None) -> Work:
