@@ -10,10 +10,8 @@ with two arms measures what a long sitting gains. Run it on an idle machine: oth
 meaningless (the load average before each way is recorded). `--save` writes bench/results/workers-cpu.json for the
 README's speed table.
 """
-import argparse, os, sys, tempfile, time
+import argparse, sys, tempfile, time
 from pathlib import Path
-import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, row, write_results
@@ -41,6 +39,7 @@ def flag_agreement(a:dict, b:dict) -> float:
 
 def measure(paper='nim-de3', arms=('mae', 'nim'), evaluations=('fgsm',), scale='micro', workers=2, seeds=None) -> dict:
     "Wall seconds one process vs `workers` workers on the same jobs, their ratio and the records' flag agreement."
+    from mimbench.leaderboard import usable_cores
     one = run_once(paper, scale, list(arms), list(evaluations), 1, seeds)
     many = run_once(paper, scale, list(arms), list(evaluations), workers, seeds)
     if (one['trained'], one['made']) != (many['trained'], many['made']):
@@ -48,7 +47,7 @@ def measure(paper='nim-de3', arms=('mae', 'nim'), evaluations=('fgsm',), scale='
                            f"{workers} workers {many['trained']} / {many['made']}")
     return {'one_process_s': one['wall'], 'workers_s': many['wall'], 'speedup': one['wall'] / many['wall'],
             'runs': one['trained'], 'records': one['made'], 'flag_agreement': flag_agreement(one['flags'], many['flags']),
-            'load_before': [one['load_before'], many['load_before']], 'cores': len(os.sched_getaffinity(0))}
+            'load_before': [one['load_before'], many['load_before']], 'cores': usable_cores()}
 
 
 def main(argv=None):

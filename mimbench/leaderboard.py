@@ -483,19 +483,19 @@ def plan_budget(jobs:list, scale:Scale, earlier:dict, workers:int=2) -> str:
     return (f"the whole plan from nothing: {len(jobs)} jobs, ≈ {total / 3600:.1f} job-hours" + (f" ({stages})" if stages else '')
             + f", ≈ {max(walls) / 3600:.1f} h with {workers} workers" + (f"; not yet timed: {', '.join(unknown)}" if unknown else ''))
 
-def train_pending(cfgs, eta:TimeLeft, seconds:dict, progress:bool=True, go=lambda cfg: True) -> list|None:
+def train_pending(cfgs, eta:TimeLeft, seconds:dict, progress:bool=True, go=lambda cfg: True) -> tuple:
     """Train, in order, those of the run configs `cfgs` (None skipped) not done (`run_done`: a stale run is trained again),
     each one's seconds going to `seconds[cfg.task]` and to `eta`. `go(cfg)` is asked before each (it logs, and says
-    whether there is time left): the first False returns None. Else the run directories trained. `run_leaderboard` and
-    `reproduce` both train through it."""
+    whether there is time left): the first False stops there. Returns (the run directories trained, whether it got through).
+    `run_leaderboard` and `reproduce` both train through it."""
     from mimbench.train import train, run_dir
     trained = []
     for cfg in cfgs:
         if cfg is None or run_done(cfg): continue
-        if not go(cfg): return None
+        if not go(cfg): return trained, False
         t0 = time.time(); train(replace(cfg, progress=progress)); trained.append(str(run_dir(cfg)))
         seconds.setdefault(cfg.task, []).append(time.time() - t0); eta.done(stage_kind(cfg), seconds[cfg.task][-1])
-    return trained
+    return trained, True
 
 def _run_jobs(todo:list, scale:Scale, root, data_root, earlier:dict, max_minutes, t_start:float, progress, log) -> dict:
     """Train, fine-tune and evaluate `todo` in order (one process); returns stage timings and what was done. `max_minutes`

@@ -1240,9 +1240,9 @@ def _run_todo(w:Work, todo:list, known:list, max_minutes, t_start:float, progres
         def go(cfg, i=i, job=job):
             if over(): return False
             log(f"[{i + 1}/{len(todo)}] {cfg.task} {job.arm.name} seed {job.seed} — {eta}"); return True
-        runs = train_pending((job.planned.pretrain, job.planned.finetune), eta, seconds, progress, go)
-        if runs is None: return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': False}
+        runs, complete = train_pending((job.planned.pretrain, job.planned.finetune), eta, seconds, progress, go)
         trained += runs
+        if not complete: return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': False}
         model, evaluated = arm_model(job) if evs else (None, None)
         for ev in evs:
             if over(): return {'seconds': seconds, 'trained': trained, 'made': made, 'complete': False}
