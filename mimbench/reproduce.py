@@ -13,7 +13,8 @@ from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
 from .leaderboard import (SCALES, TimeLeft, defended, earlier_timings, evaluation_kind, pending_runs,
-                                  run_done, stage_hours, stale_code_version, train_pending)
+                                  record_run_keys, run_done, run_key, save_timings, stage_hours, stale_code_version,
+                                  train_pending)
 from .attacks import ATTACKS
 from torch import nn
 
@@ -809,9 +810,9 @@ class GridJob:
     def recipe(self) -> str: return self.arm.pretext or 'scratch'
 
     def target(self, ev:Evaluation) -> str:
-        "The run directory a record of `ev` names: the pretraining run for a probe, else the fine-tuned one."
-        from mimbench.train import run_dir
-        return run_dir(self.planned.pretrain if ev.what == 'probe' else self.planned.finetune).name
+        "The run a record of `ev` names (its `run_key`): the pretraining run for a probe, else the fine-tuned one."
+        p = self.planned
+        return run_key(p.pretrain) if ev.what == 'probe' else run_key(p.finetune, p.pretrain)
 
 # %% ../nbs/18_reproduce.ipynb #d394db98
 def check_subset(paper:str, arms=None, evaluations=None):
@@ -1089,12 +1090,14 @@ class Reproduction:
 
 # %% ../nbs/18_reproduce.ipynb #e0db1e85
 def current_records(folder, protocols:dict) -> dict:
-    "(evaluation, arm, seed, run dir) → the records under `folder` whose protocol settings and code are still current."
+    """(evaluation, arm, seed, run key) → the records under `folder` whose protocol settings and code are still current,
+    under every key (`record_run_keys`) of each run they name."""
     found = {}
     for rec in load_records(folder):
         ev = rec.protocol['name'].split('.', 1)[-1]
         if ev in protocols and rec.protocol['hash'] == protocols[ev].settings_hash() and not rec.is_stale():
-            for run in rec.evaluated.get('runs', []): found.setdefault((ev, rec.method, rec.seed, run.get('dir')), []).append(rec)
+            for key in set().union(*map(record_run_keys, rec.evaluated.get('runs', []))):
+                found.setdefault((ev, rec.method, rec.seed, key), []).append(rec)
     return found
 
 # %% ../nbs/18_reproduce.ipynb #3c9e4bd7
@@ -1117,7 +1120,7 @@ class Work:
     folder: Path
     protocols: dict                            # evaluation name → its Protocol
     jobs: list                                 # every GridJob of the grid
-    found: dict                                # (evaluation, arm, seed, run dir) → current records
+    found: dict                                # (evaluation, arm, seed, run key) → current records
     todo: list                                 # [(GridJob, [Evaluation still to run])] of the jobs with anything to do
     to_train: dict                             # 'pretrain'/'finetune' → {run dir: timing kind} not yet trained
     eta: TimeLeft
@@ -1194,7 +1197,7 @@ def work_left(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     todo = [(j, evs) if evs else (_tool_part(j, needed), []) for j, evs in todo]
     todo = [(j, evs) for j, evs in todo if j is not None]
     to_train = {stage: pending_runs(getattr(j.planned, stage) for j, _ in todo) for stage in ('pretrain', 'finetune')}
-    w = Work(r, shape, folder, protocols, jobs, found, todo, to_train, None, earlier_timings(out, load_records(folder)))
+    w = Work(r, shape, folder, protocols, jobs, found, todo, to_train, None, earlier_timings(out, load_records(folder), results))
     w.eta = TimeLeft.of(to_train['pretrain'] | to_train['finetune'], [w.ev_kind(j, e) for j, evs in todo for e in evs], w.earlier)
     return w
 
@@ -1272,10 +1275,12 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     w = work_left(paper, scale, dataset, root, channels, out, results, seeds, arms, evaluations)
     log(f"{paper} @ {scale}: {w}; records in {w.folder}")
     parts = [p for p in w.split(workers) if p] if workers > 1 else [w.todo]
-    if len(parts) > 1:
-        done = run_workers(_run_todo_in_worker, [(paper, GRIDS[paper], w, p, results, max_minutes, t_start) for p in parts], 'reproduce',
-                           log, [len(p) for p in parts])
-    else: done = [_run_todo(w, w.todo, load_records(results), max_minutes, t_start, progress, log)]
+    try:
+        if len(parts) > 1:
+            done = run_workers(_run_todo_in_worker, [(paper, GRIDS[paper], w, p, results, max_minutes, t_start) for p in parts],
+                               'reproduce', log, [len(p) for p in parts])
+        else: done = [_run_todo(w, w.todo, load_records(results), max_minutes, t_start, progress, log)]
+    finally: save_timings(out, results)           # after a stop or an error too: what was trained keeps its time
     complete = all(d['complete'] for d in done)
     trained, made = sum((d['trained'] for d in done), []), sum((d['made'] for d in done), [])
     seconds = {k: sum((d['seconds'].get(k, []) for d in done), []) for k in dict.fromkeys(k for d in done for k in d['seconds'])}

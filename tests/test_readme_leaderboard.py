@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 from mimbench.leaderboard import plan_jobs
 from mimbench.results import PROTOCOLS, ResultRecord, make_record
+from mimbench.train import run_dir
 
 ROOT = Path(__file__).parent.parent
 _spec = importlib.util.spec_from_file_location('readme_leaderboard', ROOT / 'tools' / 'readme_leaderboard.py')
@@ -20,9 +21,11 @@ def test_partial_leaderboard_is_rendered_and_labelled(tmp_path):
     res = tmp_path / 'results'
     assert 'No leaderboard records' in rl.section(res)
     rng = np.random.default_rng(0)
+    planned = {(j.protocol, j.label, j.seed): j for j in plan_jobs('small')}
+    ran = lambda method, seed: [{'dir': run_dir(planned['clean-ft', method, seed].finetune).name, 'seed': seed}]   # the plan's run
     for method in ('mae', 'scratch'):
         for seed in (0, 1):
-            r = make_record(method, PROTOCOLS['clean-ft'], {'runs': [], 'dataset': 'fashion-mnist', 'split': 'test', 'sample_digest': 's'},
+            r = make_record(method, PROTOCOLS['clean-ft'], {'runs': ran(method, seed), 'dataset': 'fashion-mnist', 'split': 'test', 'sample_digest': 's'},
                             seed, {'clean': rng.random(50) < 0.8, 'robust@4/255': rng.random(50) < 0.3},
                             extra={'corrupt_correct': (cc := rng.integers(0, 76, 50)).tolist(), 'cells': 75, 'mCA': cc.mean() / 75})
             replace(r, provenance={**r.provenance, 'commit': f"{seed}" * 40, 'dirty': False}).save(res)   # made at two commits

@@ -172,8 +172,9 @@ def _tiny(tmp_path, **kw):
 
 @pytest.mark.xfail(strict=True, reason=(
     "Known bug, kept visible: run_hash keys `init` by the run (init_key) but hashes run paths inside recipe_args as "
-    "written, so De³'s fine-tune (recipe_args.denoiser = the NIM run's path) gets another hash under another run folder "
-    "and a leaderboard run with another --out misses its records. The fix is in train.py, inside the record digest: it "
+    "written, so De³'s fine-tune (recipe_args.denoiser = the NIM run's path) gets another hash under another run folder. "
+    "The leaderboard and reproduce match records by leaderboard.run_key, which names such runs without the hash, so "
+    "their records still count (tests/test_reproduce_run.py). The fix is in train.py, inside the record digest: it "
     "lands with the next digest change, when every record is re-made (tools/compare_records.py)."))
 def test_run_hash_does_not_depend_on_the_run_folder():
     from mimbench.leaderboard import plan_jobs
