@@ -365,16 +365,18 @@ def save_timings(out, root) -> int:
     """Add the training times of the finished runs under `out` to the ledger of `root` (`timings.jsonl`, committed with
     the records), so that a fresh clone, whose run cache is empty, still prices a plan; returns how many runs it added.
     Under a lock on `root` and written atomically: two commands sharing `root` lose nothing, a kill leaves the old file."""
-    import fcntl
+    try: import fcntl
+    except ImportError: fcntl = None              # not on Windows: there, two commands sharing `root` may race
     root = Path(root); root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY)
+    fd = os.open(root, os.O_RDONLY) if fcntl else None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fcntl: fcntl.flock(fd, fcntl.LOCK_EX)
         have = read_timings(root)
         new = {k: v for k, v in run_timings(out).items() if k not in have}
         lines = ''.join(json.dumps({'run': k, **e}) + '\n' for k, e in sorted((have | new).items()))
         if new: atomic_write(timings_path(root), lambda p: p.write_text(lines))
-    finally: os.close(fd)
+    finally:
+        if fd is not None: os.close(fd)
     return len(new)
 
 def earlier_timings(out, records=(), root=None) -> dict:

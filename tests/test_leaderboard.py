@@ -138,3 +138,25 @@ def test_randomized_control_is_the_clean_ft_classifier():
         assert smoothing == {PROTOCOLS[prot].finetune.get('recipe_args', {}).get('label_smoothing')}, (prot, smoothing)
     de3 = next(j for j in jobs if j.method.name == 'de3')
     assert de3.finetune.recipe == 'de3' and de3.finetune.recipe_args['label_smoothing'] == 0.1 and 'denoiser' in de3.finetune.recipe_args
+
+def _fake_runs(out:Path, prefix:str, n:int):
+    "`n` finished fine-tuning runs under `out`, as `train` leaves them (config.json, result.json with its time)."
+    from mimbench.train import TrainConfig
+    import json
+    for k in range(n):
+        d = out / f"{prefix}-{k:03d}"; d.mkdir(parents=True)
+        (d / 'config.json').write_text(json.dumps(asdict(TrainConfig(task='finetune', recipe='ce', preset='micro', seed=k))))
+        (d / 'result.json').write_text(json.dumps({'time_s': float(k + 1)}))
+
+def test_timing_ledger_loses_nothing_to_concurrent_commands(tmp_path):
+    """120 harvests of one run folder each, four processes at a time, into one ledger (each reads, merges, rewrites it):
+    every run is kept. Without the lock, some harvests overwrite others' (seen here: the test then fails)."""
+    import multiprocessing
+    from mimbench.leaderboard import read_timings, save_timings
+    outs = [tmp_path / f"runs{k}" for k in range(120)]
+    for k, out in enumerate(outs): _fake_runs(out, f"w{k}", 1)
+    with multiprocessing.get_context('spawn').Pool(4) as pool:
+        added = pool.starmap(save_timings, [(str(o), str(tmp_path / 'results')) for o in outs], chunksize=1)
+    assert added == [1] * 120
+    assert sorted(read_timings(tmp_path / 'results')) == sorted(f"w{k}-000" for k in range(120))
+    assert not list((tmp_path / 'results').glob('.*.tmp'))               # no temporary file left behind
