@@ -13,7 +13,7 @@ from fastcore.script import call_parse, store_true
 from .core import Registry, format_eps, parse_eps, check_norm
 from .results import PROTOCOLS, load_records, Z95, mcnemar, wilson_interval, unpack_flags, image_scores, paired_difference, shift_extra
 from .leaderboard import (SCALES, TimeLeft, defended, earlier_timings, evaluation_kind, pending_runs,
-                                  record_run_keys, run_done, run_key, save_timings, stage_hours, stale_code_version,
+                                  read_timings, record_run_keys, run_done, run_key, save_timings, stage_hours, stale_code_version,
                                   train_pending)
 from .attacks import ATTACKS
 from torch import nn
@@ -25,8 +25,9 @@ __all__ = ['GRIDS', 'NATIVE', 'MINIMAL_BUDGET', 'EVALUATION_KINDS', 'ATTACK_BUDG
            'check_data', 'check_evaluation', 'dry_run', 'compare_records', 'verdict', 'evaluation_protocol',
            'results_folder', 'GridJob', 'check_subset', 'grid_jobs', 'eval_attack', 'eval_shift', 'eval_probe',
            'same_attack', 'twin_record', 'record_from_twin', 'arm_model', 'ttfp_model', 'records_of', 'comparison_rows',
-           'report_markdown', 'plot_comparisons', 'Reproduction', 'current_records', 'write_report', 'Work',
-           'work_left', 'job_groups', 'reproduce', 'committed_report', 'plan_summary', 'cli_reproduce']
+           'runs_named', 'compute_text', 'report_markdown', 'plot_comparisons', 'Reproduction', 'current_records',
+           'write_report', 'Work', 'work_left', 'job_groups', 'reproduce', 'committed_report', 'plan_summary',
+           'cli_reproduce']
 
 # %% ../nbs/18_reproduce.ipynb #ff2bd446
 @dataclass(frozen=True)
@@ -997,8 +998,33 @@ def _cell(recs:list, metric:str) -> str:
     vals = [r.extra[metric] for r in recs if r.extra.get(metric) is not None]
     return _pct(np.mean(vals)) if vals else '–'
 
-def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='') -> str:
-    "The reproduction report of `paper` from its records and comparison rows."
+def runs_named(records:list) -> set:
+    "The run directories `records` name: the runs they evaluated and the runs those started from."
+    named = set()
+    for rec in records:
+        for run in rec.evaluated.get('runs', []):
+            while isinstance(run, dict): named.add(run.get('dir')); run = run.get('init')
+    return named - {None}
+
+def compute_text(records:list, timings:dict|None) -> str:
+    """What the records cost: their evaluations' own seconds (a record reused from the leaderboard counts there) and the
+    training times the ledger `timings` (`read_timings`) holds for the runs they name."""
+    own = [x for x in records if 'same_evaluation_as' not in x.extra]
+    hours = lambda sec: f"{sec / 3600:.1f} h" if sec >= 5400 else f"{sec / 60:.0f} min"
+    devices = ', '.join(sorted({str(x.provenance.get('device')) for x in own})) or '–'
+    text = (f"Evaluation: {hours(sum(sum(x.seconds.values()) for x in own))} over {len(own)} records ({devices})"
+            + (f"; {len(records) - len(own)} more reuse a leaderboard record's evaluation, counted there" if len(own) < len(records) else '') + '. ')
+    if timings is None: return text + 'Training: no timing ledger given.'
+    runs = runs_named(records)
+    timed = [timings[d]['seconds'] for d in runs if d in timings]
+    if not timed: return text + (f"Training: unknown; none of the {len(runs)} runs they name is in the timing ledger "
+                                 "(`timings.jsonl`): they were trained before it, or elsewhere.")
+    return text + (f"Training: {hours(sum(timed))} for the {len(timed)} of the {len(runs)} runs they name that the timing "
+                   f"ledger (`timings.jsonl`) holds" + (f"; the other {len(runs) - len(timed)} were trained before the ledger "
+                   "or elsewhere, their time unknown." if len(timed) < len(runs) else '.'))
+
+def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='', timings:dict|None=None) -> str:
+    "The reproduction report of `paper` from its records and comparison rows (`timings`: the ledger, for the compute it cost)."
     g = GRIDS[paper]
     prov, arm_order = records[0].provenance if records else {}, {a.name: i for i, a in enumerate(g.arms)}
     lines = [f"# Reproducing {g.title}", '',
@@ -1046,7 +1072,7 @@ def report_markdown(paper:str, records:list, rows:list, r:Resolved, status:str='
                 lines.append(f"- {arm}: " + ', '.join(f"{a:.2f}" + (f" ± {s:.2f}" if len(v) > 1 else '')
                                                       for a, s in zip(v.mean(0), v.std(0, ddof=1) if len(v) > 1 else v[0])))
         lines.append('')
-    return '\n'.join(lines + ['## Notes', '', g.notes, ''])
+    return '\n'.join(lines + ['## Compute', '', compute_text(records, timings), '', '## Notes', '', g.notes, ''])
 
 # %% ../nbs/18_reproduce.ipynb #9633992c
 def plot_comparisons(rows:list, path=None):
@@ -1101,12 +1127,12 @@ def current_records(folder, protocols:dict) -> dict:
     return found
 
 # %% ../nbs/18_reproduce.ipynb #3c9e4bd7
-def write_report(paper:str, folder, records:list, rows:list, r:Resolved, status:str='') -> tuple:
+def write_report(paper:str, folder, records:list, rows:list, r:Resolved, status:str='', timings:dict|None=None) -> tuple:
     "`report.md` and `comparisons.png` in `folder` (written atomically); their paths."
     import matplotlib.pyplot as plt
     from mimbench.core import atomic_write
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    report = Path(atomic_write(folder / 'report.md', lambda p: p.write_text(report_markdown(paper, records, rows, r, status))))
+    report = Path(atomic_write(folder / 'report.md', lambda p: p.write_text(report_markdown(paper, records, rows, r, status, timings))))
     figure = folder / 'comparisons.png'
     plt.close(plot_comparisons(rows, figure))
     return report, figure
@@ -1290,7 +1316,7 @@ def reproduce(paper:str, scale:str='micro', dataset:str|None=None, root=None, ch
     records = list({id(x): x for k, v in found.items() if k in keep for x in v}.values())
     rows = comparison_rows(paper, records, w.shape)
     status = '' if complete else f"Incomplete: stopped after {max_minutes:g} minutes; run the same command again to go on."
-    report, figure = write_report(paper, w.folder, records, rows, w.resolved, status)
+    report, figure = write_report(paper, w.folder, records, rows, w.resolved, status, read_timings(results))
     secs = {k: [round(s, 1) for s in v] for k, v in seconds.items()} | {'wall': round(time.time() - t_start, 1)}
     log(f"{paper} @ {scale}: {len(made)} records made, {len(trained)} runs trained in {secs['wall']:.0f}s; report {report}")
     return Reproduction(paper, scale, w.folder, records, rows, report, figure, trained, made, complete, secs)
@@ -1304,7 +1330,7 @@ def committed_report(paper:str, results='results', scale:str='small', dataset:st
     found = [x for x in load_records(folder) if methods is None or x.method in methods] if folder.exists() else []
     records, stale = [x for x in found if not x.is_stale()], [x for x in found if x.is_stale()]
     shape = (r.data['channels'], r.data['img_size'], r.data['img_size'])
-    if records: return report_markdown(paper, records, comparison_rows(paper, records, shape), r)
+    if records: return report_markdown(paper, records, comparison_rows(paper, records, shape), r, timings=read_timings(results))
     shown = results_folder(Path(results).name, paper, scale, r.data['dataset'])
     how = f"Make them (CPU, resumable) with `mimbench reproduce {paper} --scale {scale}`."
     digest = stale_code_version(stale)
